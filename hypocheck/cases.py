@@ -1,0 +1,181 @@
+"""Hypotheses → cases: one per combination of axis values, with a stable id and seed."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from .errors import HypothesisFileError, Location, UnknownNameError
+from .expect import Expectation
+from .registry import ProbeSpec, get_probe
+from .schema import Hypothesis, Verdict
+from .stats import derive_seed
+from .yamlsource import KeyPath, SourceDoc
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test: a hypothesis at one combination of axis values."""
+
+    hypothesis: Hypothesis
+    probe: ProbeSpec
+    params: pydantic.BaseModel
+    axes: Mapping[str, str | int | float]
+    expectations: tuple[Expectation, ...]
+    file_stem: str
+    location: Location
+    reported: Mapping[str, float] = field(default_factory=dict)
+    expected: Verdict | None = None
+
+    @property
+    def label(self) -> str:
+        """Axis values joined by '-', e.g. ``fewshot-hepg2-splicing``."""
+        return "-".join(str(v) for v in self.axes.values())
+
+    @property
+    def name(self) -> str:
+        """The pytest item name: ``<hypothesis id>[<axis values>]``."""
+        return f"{self.hypothesis.id}[{self.label}]" if self.axes else self.hypothesis.id
+
+    @property
+    def case_id(self) -> str:
+        """``<file stem>::<hypothesis id>[<axis values>]``, stable across runs."""
+        return f"{self.file_stem}::{self.name}"
+
+    @property
+    def seed(self) -> int:
+        """Derived from the hypothesis seed and id + axis values (not the file), so order and -n do not matter."""
+        return derive_seed(self.hypothesis.seed, self.name)
+
+    @property
+    def effect_metric(self) -> str:
+        return self.hypothesis.effect or self.probe.effect
+
+
+def _matches(key: str, axes: Mapping[str, Any]) -> int | None:
+    """How many axis values a 'a/b' key names, or None when one of them is not this case's."""
+    values = {str(v) for v in axes.values()}
+    parts = [p for p in key.split("/") if p]
+    return len(parts) if all(p in values for p in parts) else None
+
+
+def reported_for(reported: Mapping[str, float], axes: Mapping[str, Any]) -> dict[str, float]:
+    """The reported figures that apply to a case: 'metric' or 'value/…/metric', the most specific wins."""
+    chosen: dict[str, tuple[int, float]] = {}
+    for key, value in reported.items():
+        *qualifiers, metric = key.split("/")
+        score = _matches("/".join(qualifiers), axes)
+        if score is not None and score >= chosen.get(metric, (-1, 0.0))[0]:
+            chosen[metric] = (score, value)
+    return {metric: value for metric, (_, value) in chosen.items()}
+
+
+def expected_for(expected: Verdict | Mapping[str, Verdict] | None, axes: Mapping[str, Any]) -> Verdict | None:
+    """The expected verdict of a case: a single verdict, or the most specific matching key ('default' last)."""
+    if expected is None or isinstance(expected, str):
+        return expected
+    best: tuple[int, Verdict | None] = (-1, expected.get("default"))
+    for key, verdict in expected.items():
+        if key == "default":
+            continue
+        score = _matches(key, axes)
+        if score is not None and score > best[0]:
+            best = (score, verdict)
+    return best[1]
+
+
+def _check_keys(hyp: Hypothesis, doc: SourceDoc, base: KeyPath, vocabulary: Mapping[str, Sequence[str]]) -> None:
+    values = {str(v) for vs in vocabulary.values() for v in vs} | {str(v) for vs in hyp.cases.values() for v in vs}
+    for section in ("reported", "expected"):
+        mapping = getattr(hyp, section)
+        if not isinstance(mapping, dict):
+            continue
+        for key in mapping:
+            if key == "default" and section == "expected":
+                continue
+            qualifiers = key.split("/")[:-1] if section == "reported" else key.split("/")
+            for part in qualifiers:
+                if part not in values:
+                    raise UnknownNameError(
+                        "axis value", part, values, doc.locate((*base, section, key))
+                    )
+
+
+def expand(
+    hyp: Hypothesis,
+    doc: SourceDoc,
+    base: KeyPath,
+    vocabulary: Mapping[str, Sequence[str]],
+) -> list[Case]:
+    """All cases of ``hyp``; unknown probe, metric, axis or axis value raise with file:line and close matches."""
+    try:
+        spec = get_probe(hyp.probe)
+    except UnknownNameError as exc:
+        raise UnknownNameError("probe", hyp.probe, exc.valid, doc.locate((*base, "probe"))) from None
+    try:
+        params = spec.params.model_validate(hyp.params)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        loc = (*base, "params", *err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise UnknownNameError(
+                f"parameter of probe {spec.name!r}", str(err["loc"][-1]), spec.params.model_fields, doc.locate(loc)
+            ) from None
+        raise HypothesisFileError(f"bad probe parameter: {err['msg']}", doc.locate(loc)) from None
+    for axis, values in hyp.cases.items():
+        if axis not in vocabulary:
+            raise UnknownNameError("axis", axis, vocabulary, doc.locate((*base, "cases", axis)))
+        valid = [str(v) for v in vocabulary[axis]]
+        for i, value in enumerate(values):
+            if str(value) not in valid:
+                raise UnknownNameError(axis.replace("_", " "), str(value), valid, doc.locate((*base, "cases", axis, i)))
+    missing = [a for a in spec.axes if a not in hyp.cases]
+    if missing:
+        raise HypothesisFileError(
+            f"probe {spec.name!r} needs the axes {list(spec.axes)}; missing {missing}",
+            doc.locate((*base, "cases")),
+            "add e.g. 'cases: {" + ", ".join(f"{a}: [...]" for a in missing) + "}'",
+        )
+    expectations = hyp.parsed_expectations()
+    produced = spec.metric_names()
+    for i, exp in enumerate(expectations):
+        for metric in exp.metrics_used():
+            if metric not in produced:
+                raise UnknownNameError(
+                    f"metric (probe {spec.name!r} reports {', '.join(spec.metrics)})",
+                    metric, produced, doc.locate((*base, "expect", i)),
+                )
+        if exp.kind == "significant" and spec.p is None:
+            raise HypothesisFileError(
+                f"'{exp.source}': probe {spec.name!r} reports no p-value", doc.locate((*base, "expect", i))
+            )
+    if hyp.effect is not None and hyp.effect not in produced:
+        raise UnknownNameError("metric", hyp.effect, produced, doc.locate((*base, "effect")))
+    for key in hyp.reported:
+        metric = key.split("/")[-1]
+        if metric not in produced:
+            raise UnknownNameError("reported metric", metric, produced, doc.locate((*base, "reported", key)))
+    _check_keys(hyp, doc, base, vocabulary)
+    location = doc.locate((*base, "id"))
+    axes_names = list(hyp.cases)
+    cases = []
+    for combo in itertools.product(*(hyp.cases[a] for a in axes_names)):
+        axes = dict(zip(axes_names, combo, strict=True))
+        cases.append(
+            Case(
+                hypothesis=hyp,
+                probe=spec,
+                params=params,
+                axes=axes,
+                expectations=tuple(expectations),
+                file_stem=doc.path.stem,
+                location=location,
+                reported=reported_for(hyp.reported, axes),
+                expected=expected_for(hyp.expected, axes),
+            )
+        )
+    return cases

@@ -1,0 +1,247 @@
+"""The expectation language: parsed into data, never executed.
+
+Grammar (one expectation per string)::
+
+    z > 2                                   comparison (< <= > >= == !=)
+    0 <= mean_spearman <= 0.2               chained comparison
+    within_mean_cosine > background_mean_cosine
+    pearson in [0.05, 0.3]                  closed range
+    pearson ~= 0.119 +- 0.05                approx, absolute tolerance (also ≈ and ±)
+    pearson ~= 0.119 +- 10%                 approx, relative tolerance
+    significant                             the probe's p-value below the hypothesis alpha
+    significant at 0.01                     … below a given alpha
+
+Operands are metric names or numbers. A failed check explains itself with the
+measured values, e.g. ``z > 2 failed: z = 1.37``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ExpectationSyntaxError, UnknownNameError
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
+    r"|(?P<op><=|>=|==|!=|~=|\+-|[<>≈±%\[\],]))"
+)
+_COMPARATORS = {"<", "<=", ">", ">=", "==", "!="}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A metric name or a literal number."""
+
+    metric: str | None = None
+    value: float | None = None
+
+    def resolve(self, metrics: Mapping[str, float]) -> float:
+        return float(metrics[self.metric]) if self.metric is not None else float(self.value)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return self.metric if self.metric is not None else f"{self.value:g}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of checking one expectation."""
+
+    holds: bool | None  # None: cannot be decided (a metric is NaN)
+    text: str  # the expectation, with the measured values
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One parsed expectation: a chain of comparisons, an approx or a significance test."""
+
+    source: str
+    kind: str  # "compare" | "approx" | "significant"
+    operands: tuple[Operand, ...] = ()
+    comparators: tuple[str, ...] = ()
+    target: float = 0.0
+    tolerance: float = 0.0
+    relative: bool = False
+    alpha: float | None = None
+
+    def metrics_used(self) -> list[str]:
+        return [o.metric for o in self.operands if o.metric is not None]
+
+    def evaluate(self, metrics: Mapping[str, float], p_metric: str | None, alpha: float) -> Outcome:
+        """Check against measured metrics; NaN operands make the outcome undecided."""
+        if self.kind == "significant":
+            if p_metric is None or p_metric not in metrics:
+                return Outcome(None, f"{self.source}: the probe reports no p-value")
+            p, level = float(metrics[p_metric]), self.alpha if self.alpha is not None else alpha
+            if math.isnan(p):
+                return Outcome(None, f"{self.source}: {p_metric} is NaN")
+            return Outcome(p < level, f"{p_metric} = {p:.4g} {'<' if p < level else '>='} alpha {level:g}")
+        values = [o.resolve(metrics) for o in self.operands]
+        shown = ", ".join(f"{o.metric} = {v:.4g}" for o, v in zip(self.operands, values, strict=True) if o.metric)
+        if any(math.isnan(v) for v in values):
+            return Outcome(None, f"{self.source}: undecidable ({shown})")
+        if self.kind == "approx":
+            measured = values[0]
+            allowed = self.tolerance * abs(self.target) if self.relative else self.tolerance
+            ok = abs(measured - self.target) <= allowed
+            gap = abs(measured - self.target)
+            return Outcome(ok, f"{self.source}: {shown} (|Δ| = {gap:.4g}, allowed {allowed:.4g})")
+        ok = all(_compare(a, op, b) for a, op, b in zip(values, self.comparators, values[1:], strict=False))
+        return Outcome(ok, f"{self.source}: {shown}")
+
+
+def _compare(a: float, op: str, b: float) -> bool:
+    return {
+        "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b, "!=": a != b,
+    }[op]
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            raise ExpectationSyntaxError(
+                f"cannot read {text[pos:]!r} in expectation {text!r}",
+                hint="write e.g. 'z > 2', '0 <= r <= 0.2', 'r in [0, 0.3]', 'r ~= 0.12 +- 0.05' "
+                "or 'significant at 0.05'",
+            )
+        kind = match.lastgroup or ""
+        out.append((kind, match.group(kind)))
+        pos = match.end()
+    return out
+
+
+def _number(token: tuple[str, str], source: str) -> float:
+    if token[0] != "num":
+        raise ExpectationSyntaxError(f"expected a number, found {token[1]!r} in {source!r}")
+    return float(token[1])
+
+
+def _operand(token: tuple[str, str], source: str) -> Operand:
+    kind, text = token
+    if kind == "num":
+        return Operand(value=float(text))
+    if kind == "name":
+        return Operand(metric=text)
+    raise ExpectationSyntaxError(f"expected a metric name or a number, found {text!r} in {source!r}")
+
+
+def parse_expectation(text: str) -> Expectation:
+    """Parse one expectation string (see the module docstring for the grammar)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpectationSyntaxError(f"an expectation must be a non-empty string, got {text!r}")
+    source = " ".join(text.split())
+    toks = _tokens(source)
+    words = [t[1] for t in toks]
+    if words[0] == "significant":
+        if len(words) == 1:
+            return Expectation(source, "significant")
+        if len(words) == 3 and words[1] == "at":
+            alpha = _number(toks[2], source)
+            if not 0 < alpha < 1:
+                raise ExpectationSyntaxError(f"alpha must lie in (0, 1), got {alpha:g} in {source!r}")
+            return Expectation(source, "significant", alpha=alpha)
+        raise ExpectationSyntaxError(f"write 'significant' or 'significant at <alpha>', not {source!r}")
+    if len(words) >= 2 and words[1] == "in":
+        if len(toks) != 7 or words[2] != "[" or words[4] != "," or words[6] != "]":
+            raise ExpectationSyntaxError(f"a range reads 'metric in [low, high]', not {source!r}")
+        low, high = _number(toks[3], source), _number(toks[5], source)
+        if low > high:
+            raise ExpectationSyntaxError(f"empty range [{low:g}, {high:g}] in {source!r}: low exceeds high")
+        metric = _operand(toks[0], source)
+        return Expectation(source, "compare", (Operand(value=low), metric, Operand(value=high)), ("<=", "<="))
+    if len(words) >= 2 and words[1] in {"~=", "≈"}:
+        if len(toks) not in (5, 6) or words[3] not in {"+-", "±"} or (len(toks) == 6 and words[5] != "%"):
+            raise ExpectationSyntaxError(f"approx reads 'metric ~= value +- tolerance[%]', not {source!r}")
+        target, tol = _number(toks[2], source), _number(toks[4], source)
+        if tol < 0:
+            raise ExpectationSyntaxError(f"tolerance must be ≥ 0, got {tol:g} in {source!r}")
+        relative = len(toks) == 6
+        return Expectation(
+            source, "approx", (_operand(toks[0], source),), target=target,
+            tolerance=tol / 100 if relative else tol, relative=relative,
+        )
+    operands = [_operand(toks[0], source)]
+    comparators: list[str] = []
+    rest = toks[1:]
+    if not rest or len(rest) % 2:
+        raise ExpectationSyntaxError(
+            f"incomplete expectation {source!r}", hint="a comparison reads 'metric > 2' or '0 <= metric <= 1'"
+        )
+    for i in range(0, len(rest), 2):
+        if rest[i][1] not in _COMPARATORS:
+            raise ExpectationSyntaxError(
+                f"expected a comparator (< <= > >= == !=), found {rest[i][1]!r} in {source!r}"
+            )
+        comparators.append(rest[i][1])
+        operands.append(_operand(rest[i + 1], source))
+    if not any(o.metric for o in operands):
+        raise ExpectationSyntaxError(f"{source!r} compares only numbers; name a metric")
+    parsed = Expectation(source, "compare", tuple(operands), tuple(comparators))
+    check_satisfiable([parsed])
+    return parsed
+
+
+def literal_bounds(exp: Expectation) -> dict[str, tuple[float, float]]:
+    """Per metric, the interval that literal bounds in ``exp`` allow (``-inf``/``inf`` when open)."""
+    bounds: dict[str, tuple[float, float]] = {}
+
+    def narrow(metric: str, low: float = -math.inf, high: float = math.inf) -> None:
+        lo, hi = bounds.get(metric, (-math.inf, math.inf))
+        bounds[metric] = (max(lo, low), min(hi, high))
+
+    if exp.kind == "approx" and exp.operands[0].metric:
+        allowed = exp.tolerance * abs(exp.target) if exp.relative else exp.tolerance
+        narrow(exp.operands[0].metric, exp.target - allowed, exp.target + allowed)
+    if exp.kind != "compare":
+        return bounds
+    for a, op, b in zip(exp.operands, exp.comparators, exp.operands[1:], strict=False):
+        if a.metric and b.value is not None:
+            if op in {"<", "<="}:
+                narrow(a.metric, high=b.value)
+            elif op in {">", ">="}:
+                narrow(a.metric, low=b.value)
+            elif op == "==":
+                narrow(a.metric, b.value, b.value)
+        elif b.metric and a.value is not None:
+            if op in {"<", "<="}:
+                narrow(b.metric, low=a.value)
+            elif op in {">", ">="}:
+                narrow(b.metric, high=a.value)
+            elif op == "==":
+                narrow(b.metric, a.value, a.value)
+    return bounds
+
+
+def check_satisfiable(expectations: list[Expectation]) -> None:
+    """Reject expectations whose literal bounds on one metric can never all hold (``z > 2`` with ``z < 1``)."""
+    combined: dict[str, tuple[float, float, list[str]]] = {}
+    for exp in expectations:
+        for metric, (low, high) in literal_bounds(exp).items():
+            lo, hi, sources = combined.get(metric, (-math.inf, math.inf, []))
+            combined[metric] = (max(lo, low), min(hi, high), [*sources, exp.source])
+    for metric, (lo, hi, sources) in combined.items():
+        if lo > hi:
+            raise ExpectationSyntaxError(
+                f"expectations on {metric!r} can never all hold: {' and '.join(repr(s) for s in sources)}"
+                f" (need {lo:g} ≤ {metric} ≤ {hi:g})"
+            )
+
+
+def check_metrics(expectations: list[Expectation], produced: set[str], location_hint: str = "") -> None:
+    """Every metric an expectation names must be one the probe produces."""
+    for exp in expectations:
+        for metric in exp.metrics_used():
+            if metric not in produced:
+                raise UnknownNameError("metric", metric, produced)
+
+
+def is_name(text: str) -> bool:
+    """Whether ``text`` is a valid metric name."""
+    return bool(_NAME.match(text))

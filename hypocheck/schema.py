@@ -1,0 +1,196 @@
+"""The hypothesis file schema (pydantic v2) and its published JSON Schema.
+
+One YAML file holds one hypothesis (a mapping) or several (``hypotheses: [...]``).
+Run ``hypocheck-schema > hypothesis.schema.json`` to regenerate the JSON Schema
+for editor completion.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ExpectationSyntaxError, HypothesisFileError
+from .expect import Expectation, check_satisfiable, parse_expectation
+from .yamlsource import SourceDoc
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+AxisValue = str | int | float
+_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
+
+
+def _parses(text: str) -> str:
+    try:
+        parse_expectation(text)
+    except ExpectationSyntaxError as exc:
+        raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+    return text
+
+
+ExpectationText = Annotated[str, AfterValidator(_parses)]
+
+
+class Source(BaseModel):
+    """Where the claim comes from in the original analysis."""
+
+    model_config = ConfigDict(extra="forbid")
+    claim: int | None = Field(None, description="Headline claim number (SPEC §5), if any.")
+    notebook: str | None = Field(None, description="Notebook of the original analysis, e.g. NB02.")
+    note: str | None = Field(None, description="Free text: figure, table or page.")
+
+
+class Tolerance(BaseModel):
+    """How far a metric may move from a baseline before it counts as drift."""
+
+    model_config = ConfigDict(extra="forbid")
+    abs: float = Field(1e-6, ge=0, description="Absolute tolerance.")
+    rel: float = Field(1e-4, ge=0, description="Relative tolerance.")
+
+
+class Hypothesis(BaseModel):
+    """One claim: a probe run over crossed inputs, judged by expectations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., pattern=_ID_PATTERN, description="Unique id across the run: letters, digits, _.")
+    claim: str = Field(..., min_length=1, description="The claim in words; the test's title.")
+    source: Source = Field(default_factory=Source, description="Which claim / notebook it checks.")
+    probe: str = Field(..., description="Registered probe name.")
+    cases: dict[str, list[AxisValue]] = Field(
+        default_factory=dict,
+        description="Named axes to cross (model × cell_line × gene_set …); one test per combination.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Probe parameters (validated by the probe).")
+    expect: list[ExpectationText] = Field(..., min_length=1, description="Expectations over the probe's metrics.")
+    effect: str | None = Field(None, description="Metric reported as the effect size (default: the probe's).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level for 'significant' and BH.")
+    reported: dict[str, float] = Field(
+        default_factory=dict,
+        description="Figures the original analysis reported: 'metric' or 'axisvalue/…/metric' → number.",
+    )
+    expected: Verdict | dict[str, Verdict] | None = Field(
+        None,
+        description="Verdict the planted truth implies (demo world): one for all cases, or "
+        "'axisvalue/…' → verdict, with 'default' for the rest. The test passes when they agree.",
+    )
+    seed: int = Field(0, ge=0, description="Base seed; each case's seed derives from it and the case id.")
+    marks: list[str] = Field(default_factory=list, description="pytest marks to add (select with -m).")
+    tags: list[str] = Field(default_factory=list, description="Free labels, shown in reports.")
+    tolerance: Tolerance = Field(default_factory=Tolerance, description="Drift tolerance for baselines.")
+
+    @field_validator("cases")
+    @classmethod
+    def _axes_non_empty(cls, cases: dict[str, list[AxisValue]]) -> dict[str, list[AxisValue]]:
+        for axis, values in cases.items():
+            if not values:
+                raise ValueError(f"axis {axis!r} lists no values")
+            if len(set(map(str, values))) != len(values):
+                raise ValueError(f"axis {axis!r} repeats a value: {values}")
+        return cases
+
+    @field_validator("marks")
+    @classmethod
+    def _marks_are_names(cls, marks: list[str]) -> list[str]:
+        for mark in marks:
+            if not mark.isidentifier():
+                raise ValueError(f"mark {mark!r} is not a valid name")
+        return marks
+
+    @model_validator(mode="after")
+    def _expectations_satisfiable(self) -> Hypothesis:
+        try:
+            check_satisfiable(self.parsed_expectations())
+        except ExpectationSyntaxError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def parsed_expectations(self) -> list[Expectation]:
+        """The expectations as parsed objects (never executed code)."""
+        return [parse_expectation(text) for text in self.expect]
+
+
+class HypothesisFile(BaseModel):
+    """A file with several hypotheses."""
+
+    model_config = ConfigDict(extra="forbid")
+    hypotheses: list[Hypothesis] = Field(..., min_length=1)
+
+
+def hypotheses_from_doc(doc: SourceDoc) -> list[tuple[Hypothesis, tuple[str | int, ...]]]:
+    """Validate a parsed YAML document; each hypothesis with its key path. Errors carry file:line."""
+    data = doc.data
+    if not isinstance(data, dict):
+        raise HypothesisFileError(
+            f"a hypothesis file holds a mapping, not {type(data).__name__}", doc.locate(()),
+            "start with 'id:', 'claim:', 'probe:', 'expect:' (or 'hypotheses:' and a list)",
+        )
+    try:
+        if "hypotheses" in data:
+            many = HypothesisFile.model_validate(data)
+            return [(h, ("hypotheses", i)) for i, h in enumerate(many.hypotheses)]
+        return [(Hypothesis.model_validate(data), ())]
+    except ValidationError as exc:
+        raise _schema_error(doc, exc) from None
+
+
+def _schema_error(doc: SourceDoc, exc: ValidationError) -> HypothesisFileError:
+    first = exc.errors()[0]
+    path = tuple(p for p in first["loc"] if not (isinstance(p, str) and p in {"str", "int", "float"}))
+    message = first["msg"]
+    hint = None
+    if first["type"] == "extra_forbidden":
+        from .errors import valid_hint
+
+        fields = Hypothesis.model_fields if len(path) <= 3 else {}
+        parent = _model_at(path[:-1])
+        fields = parent.model_fields if parent is not None else fields
+        message = f"unknown key {path[-1]!r}"
+        hint = valid_hint(str(path[-1]), fields)
+    elif first["type"] == "missing":
+        message = f"missing required key {path[-1]!r}"
+    elif first["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return HypothesisFileError(message, doc.locate(path), hint)
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema model a key path points into (for listing valid keys)."""
+    model: type[BaseModel] = Hypothesis
+    parts = list(path)
+    if parts[:1] == ["hypotheses"]:
+        parts = parts[2:]
+    for part in parts:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a hypothesis file (one hypothesis or ``hypotheses: [...]``)."""
+    single = Hypothesis.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "hypocheck hypothesis file",
+        "anyOf": [single, {"type": "object", "properties": {"hypotheses": {"type": "array", "items": single}},
+                           "required": ["hypotheses"], "additionalProperties": False}],
+    }
+
+
+def main() -> None:
+    """Print the JSON Schema (``hypocheck-schema > hypothesis.schema.json``)."""
+    json.dump(json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

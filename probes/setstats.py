@@ -1,0 +1,89 @@
+"""Shared set statistics on similarity matrices: within-set mean similarity, its null and CI.
+
+The unit is the set member (a knockdown): nulls draw whole random sets of the
+same size, and CIs resample members, never pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, random_sets
+
+CHUNK_ELEMENTS = 4_000_000
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarity of the rows (zero rows get similarity 0)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return unit @ unit.T
+
+
+def within_mean(sim: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """Mean off-diagonal similarity inside each row of ``sets`` (an ``(n_sets, m)`` index array)."""
+    sets = np.atleast_2d(sets)
+    n_sets, m = sets.shape
+    if m < 2:
+        return np.full(n_sets, np.nan)
+    out = np.empty(n_sets)
+    step = max(1, CHUNK_ELEMENTS // (m * m))
+    for start in range(0, n_sets, step):
+        block = sets[start : start + step]
+        sub = sim[block[:, :, None], block[:, None, :]]
+        total = sub.sum(axis=(1, 2)) - np.trace(sub, axis1=1, axis2=2)
+        out[start : start + step] = total / (m * (m - 1))
+    return out
+
+
+def within_mean_distinct(sim: np.ndarray, members: np.ndarray) -> float:
+    """Within-set mean over pairs of *different* members (a bootstrap resample may repeat one)."""
+    sub = sim[np.ix_(members, members)]
+    distinct = members[:, None] != members[None, :]
+    return float(sub[distinct].mean()) if distinct.any() else float("nan")
+
+
+def background_mean(sim: np.ndarray) -> float:
+    """Mean similarity over all distinct pairs of the matrix."""
+    n = sim.shape[0]
+    return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
+
+
+@dataclass(frozen=True)
+class SetClustering:
+    """Within-set similarity of one set against size-matched random sets."""
+
+    within: float
+    null: np.ndarray
+    test: NullComparison
+    ci: tuple[float, float]
+
+
+def set_clustering(
+    sim: np.ndarray,
+    members: np.ndarray,
+    rng: np.random.Generator,
+    n_null: int,
+    n_boot: int,
+    pool: np.ndarray | None = None,
+    member_strata: np.ndarray | None = None,
+    pool_strata: np.ndarray | None = None,
+) -> SetClustering:
+    """Within-set mean similarity, its null from random sets of the same size (optionally stratified),
+    z and empirical p, and a bootstrap CI of (within − null mean) over members."""
+    members = np.asarray(members)
+    pool = np.arange(sim.shape[0]) if pool is None else np.asarray(pool)
+    observed = float(within_mean(sim, members[None, :])[0])
+    null_sets = random_sets(rng, pool, members.size, n_null, member_strata, pool_strata)
+    null = within_mean(sim, null_sets)
+    test = compare_to_null(observed, null)
+    ci = bootstrap_ci(
+        np.arange(members.size),
+        lambda idx: within_mean_distinct(sim, members[idx]) - test.null_mean,
+        rng,
+        n_resamples=n_boot,
+    )
+    return SetClustering(observed, null, test, ci)
