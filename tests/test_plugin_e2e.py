@@ -1,0 +1,110 @@
+"""End-to-end runs of the plugin with pytester, on a tiny real arc-state model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CLAIM = """\
+id: pathway_clustering
+claim: Knockdowns of one pathway cluster in pert_encoder space
+source: {claim: 1, notebook: NB02}
+probe: pert_embedding_clustering
+cases:
+  model: [tiny]
+  gene_set: [alpha, beta, tiny]
+params: {null_sets: 400, bootstrap: 200, min_members: 3}
+expect:
+  - z > 2
+  - within_mean_cosine > background_mean_cosine
+reported: {alpha/within_mean_cosine: 0.581, background_mean_cosine: 0.267}
+marks: [embedding]
+"""
+
+BROKEN = """\
+id: broken_claim
+claim: a claim with a typo
+probe: pert_embedding_clustering
+cases: {model: [tiny], gene_set: [alpha]}
+expect:
+  - z > 2
+paramz: {null_sets: 100}
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    pytester.makeconftest((Path(__file__).parent / "e2e_conftest.py").read_text())
+    (pytester.path / "hypotheses").mkdir()
+    (pytester.path / "hypotheses" / "claim1.yaml").write_text(CLAIM)
+    (pytester.path / "hypotheses" / "broken.yaml").write_text(BROKEN)
+    return pytester
+
+
+def load_summary(pytester: pytest.Pytester) -> dict:
+    return json.loads((pytester.path / "reports" / "summary.json").read_text())
+
+
+def test_pass_fail_inconclusive_and_broken_file_in_one_run(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess("hypotheses", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    out = result.stdout.str()
+    assert "broken.yaml:7:1 (at paramz): unknown key 'paramz'" in out
+    assert "did you mean 'params'?" in out
+    summary = load_summary(suite)
+    verdicts = {c["id"]: c["verdict"] for c in summary["cases"]}
+    assert verdicts == {
+        "claim1::pathway_clustering[tiny-alpha]": "pass",
+        "claim1::pathway_clustering[tiny-beta]": "fail",
+        "claim1::pathway_clustering[tiny-tiny]": "inconclusive",
+        "hypotheses/broken.yaml::<load>": "error",
+    }
+    alpha = next(c for c in summary["cases"] if c["id"].endswith("[tiny-alpha]"))
+    for key in ("id", "hypothesis", "claim", "verdict", "effect", "ci", "p", "p_adj", "reported", "metrics", "seed"):
+        assert key in alpha
+    assert alpha["reported"] == {"within_mean_cosine": 0.581, "background_mean_cosine": 0.267}
+    assert alpha["ci"][0] > 0 and alpha["p"] < 0.01 and alpha["p_adj"] >= alpha["p"]
+    assert set(alpha["metrics"]) >= {"within_mean_cosine", "background_mean_cosine", "z", "p"}
+    assert "environment" in summary and summary["environment"]["models"] == {"tiny": "planted-seed-1"}
+    assert (suite.path / "reports" / "summary.md").read_text().startswith("# Claim check summary")
+    assert "hypocheck verdicts" in out and "FAIL" in out
+
+
+def test_failure_message_names_claim_values_and_yaml_line(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess("hypotheses", "-k", "beta")
+    result.assert_outcomes(failed=1, deselected=3, passed=0)
+    out = result.stdout.str()
+    assert "claim: Knockdowns of one pathway cluster in pert_encoder space" in out
+    assert "✗ z > 2: z = " in out
+    assert "reported background_mean_cosine = 0.267, measured" in out
+    assert "claim1.yaml:1:1" in out
+
+
+def test_marks_and_ids_select_cases(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess("hypotheses", "-m", "embedding", "--collect-only", "-q")
+    out = result.stdout.str()
+    assert "hypotheses/claim1.yaml::pathway_clustering[tiny-alpha]" in out
+    assert "broken.yaml" not in out.split("deselected")[0].split("\n")[0]
+
+
+def test_inconclusive_can_be_made_to_fail(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess("hypotheses", "-k", "tiny-tiny", "--inconclusive-fails")
+    result.assert_outcomes(failed=1, deselected=3)
+    assert "2 set members found" in result.stdout.str()
+
+
+def test_serial_and_parallel_runs_give_identical_metrics(suite: pytest.Pytester) -> None:
+    suite.runpytest_subprocess("hypotheses", "-n", "0", "-p", "no:cacheprovider")
+    serial = load_summary(suite)
+    suite.runpytest_subprocess("hypotheses", "-n", "2", "-p", "no:cacheprovider")
+    parallel = load_summary(suite)
+    assert parallel["environment"]["xdist_workers"] == 2
+    assert [(c["id"], c["metrics"], c["seed"], c["verdict"]) for c in serial["cases"]] == [
+        (c["id"], c["metrics"], c["seed"], c["verdict"]) for c in parallel["cases"]
+    ]
