@@ -100,9 +100,7 @@ def _check_keys(hyp: Hypothesis, doc: SourceDoc, base: KeyPath, vocabulary: Mapp
             qualifiers = key.split("/")[:-1] if section == "reported" else key.split("/")
             for part in qualifiers:
                 if part not in values:
-                    raise UnknownNameError(
-                        "axis value", part, values, doc.locate((*base, section, key))
-                    )
+                    raise UnknownNameError("axis value", part, values, doc.locate((*base, section, key), at_key=True))
 
 
 def expand(
@@ -123,12 +121,13 @@ def expand(
         loc = (*base, "params", *err["loc"])
         if err["type"] == "extra_forbidden":
             raise UnknownNameError(
-                f"parameter of probe {spec.name!r}", str(err["loc"][-1]), spec.params.model_fields, doc.locate(loc)
+                f"parameter of probe {spec.name!r}", str(err["loc"][-1]), spec.params.model_fields,
+                doc.locate(loc, at_key=True),
             ) from None
         raise HypothesisFileError(f"bad probe parameter: {err['msg']}", doc.locate(loc)) from None
     for axis, values in hyp.cases.items():
         if axis not in vocabulary:
-            raise UnknownNameError("axis", axis, vocabulary, doc.locate((*base, "cases", axis)))
+            raise UnknownNameError("axis", axis, vocabulary, doc.locate((*base, "cases", axis), at_key=True))
         valid = [str(v) for v in vocabulary[axis]]
         for i, value in enumerate(values):
             if str(value) not in valid:
@@ -160,7 +159,7 @@ def expand(
         if metric not in produced:
             raise UnknownNameError("reported metric", metric, produced, doc.locate((*base, "reported", key)))
     _check_keys(hyp, doc, base, vocabulary)
-    location = doc.locate((*base, "id"))
+    location = doc.locate((*base, "id"), at_key=True)
     axes_names = list(hyp.cases)
     cases = []
     for combo in itertools.product(*(hyp.cases[a] for a in axes_names)):

@@ -107,7 +107,7 @@ class HypothesisFileCollector(pytest.File):
         seen = self.config.stash[_seen_ids]
         cases: list[Case] = []
         for hyp, base in hypotheses_from_doc(doc):
-            where = str(doc.locate((*base, "id")))
+            where = str(doc.locate((*base, "id"), at_key=True))
             if hyp.id in seen and seen[hyp.id] != where:
                 raise HypothesisFileError(
                     f"duplicate hypothesis id {hyp.id!r} (also at {seen[hyp.id]})", doc.locate((*base, "id")),

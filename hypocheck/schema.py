@@ -156,7 +156,8 @@ def _schema_error(doc: SourceDoc, exc: ValidationError) -> HypothesisFileError:
     more = len(exc.errors()) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return HypothesisFileError(message, doc.locate(path), hint)
+    at_key = first["type"] in {"extra_forbidden"}
+    return HypothesisFileError(message, doc.locate(path, at_key=at_key), hint)
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:

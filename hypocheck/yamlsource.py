@@ -24,13 +24,15 @@ class SourceDoc:
     path: Path
     data: Any
     positions: dict[KeyPath, tuple[int, int]]
+    key_positions: dict[KeyPath, tuple[int, int]]
 
-    def locate(self, key_path: KeyPath) -> Location:
-        """The closest known position for ``key_path`` (walking up to the parent)."""
+    def locate(self, key_path: KeyPath, at_key: bool = False) -> Location:
+        """The closest known position for ``key_path``: its value, or its key with ``at_key``."""
         probe = tuple(key_path)
         while probe and probe not in self.positions:
             probe = probe[:-1]
-        line, column = self.positions.get(probe, (1, 1))
+        table = self.key_positions if at_key and probe in self.key_positions else self.positions
+        line, column = table.get(probe, (1, 1))
         return Location(str(self.path), line, column, format_key_path(key_path) or None)
 
 
@@ -42,8 +44,22 @@ def format_key_path(key_path: KeyPath) -> str:
     return text
 
 
-def _construct(node: yaml.Node, path: KeyPath, positions: dict[KeyPath, tuple[int, int]], doc: Path) -> Any:
+_ALLOWED_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str", "seq", "map")}
+
+
+def _construct(
+    node: yaml.Node,
+    path: KeyPath,
+    positions: dict[KeyPath, tuple[int, int]],
+    key_positions: dict[KeyPath, tuple[int, int]],
+    doc: Path,
+) -> Any:
     positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if node.tag not in _ALLOWED_TAGS:
+        raise HypothesisFileError(
+            f"YAML tag {node.tag!r} is not allowed: hypothesis files hold plain data only",
+            Location(str(doc), *positions[path], format_key_path(path) or None),
+        )
     if len(positions) > MAX_NODES:
         raise HypothesisFileError(
             f"YAML expands to more than {MAX_NODES:,} nodes (anchor/alias bomb?)", Location(str(doc), *positions[path])
@@ -68,12 +84,11 @@ def _construct(node: yaml.Node, path: KeyPath, positions: dict[KeyPath, tuple[in
                     Location(str(doc), key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                              format_key_path((*path, key))),
                 )
-            positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _construct(value_node, (*path, key), positions, doc)
-            positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            key_positions[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _construct(value_node, (*path, key), positions, key_positions, doc)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), positions, doc) for i, item in enumerate(node.value)]
+        return [_construct(item, (*path, i), positions, key_positions, doc) for i, item in enumerate(node.value)]
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
@@ -118,5 +133,6 @@ def load_yaml(path: str | Path) -> SourceDoc:
             f"expected exactly one YAML document, found {len(nodes)}", Location(str(doc_path), 1, 1)
         )
     positions: dict[KeyPath, tuple[int, int]] = {}
-    data = _construct(nodes[0], (), positions, doc_path)
-    return SourceDoc(doc_path, data, positions)
+    key_positions: dict[KeyPath, tuple[int, int]] = {}
+    data = _construct(nodes[0], (), positions, key_positions, doc_path)
+    return SourceDoc(doc_path, data, positions, key_positions)
