@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_hypocheck_vocabulary(config: pytest.Config) -> dict[str, Sequence[str]] | None:  # type: ignore[empty-body]
+def pytest_hypocheck_vocabulary(config: pytest.Config) -> dict[str, Sequence[str]] | None:
     """Valid values of every case axis, e.g. ``{"model": ["fewshot", "zeroshot"], "gene_set": [...]}``.
 
     Called at collection time, so that an unknown model, cell line or gene set

@@ -214,7 +214,7 @@ class RunSummary:
         self.summary: dict[str, Any] | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
+        props: dict[str, Any] = dict(report.user_properties)
         if ENV_KEY in props:
             self.environment.update(props[ENV_KEY])
         if RECORD_KEY in props and report.when == "call":
@@ -242,7 +242,7 @@ class RunSummary:
 
 def environment(config: pytest.Config, reported: Mapping[str, Any]) -> dict[str, Any]:
     """Package versions, Python, platform, worker count, and what the project's context reported."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -70,7 +70,7 @@ def judge(case: Case, result: ProbeResult) -> CaseVerdict:
     missing = sorted(set(case.probe.metrics) - set(metrics))
     if missing:
         raise RuntimeError(f"probe {case.probe.name!r} did not report its declared metrics {missing}")
-    checks = []
+    checks: list[dict[str, Any]] = []
     for exp in case.expectations:
         outcome = exp.evaluate(metrics, case.probe.p, case.hypothesis.alpha)
         checks.append({"expectation": exp.source, "holds": outcome.holds, "detail": outcome.text})

@@ -1,0 +1,52 @@
+"""Wires the hypocheck engine to this project's models, data and probes.
+
+The suite configuration (models, data, SAE, cell lines, gene sets) is read
+from ``suite.yaml`` at the repository root, or the file given with
+``--suite-config`` or the ``HYPOCHECK_SUITE`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import fixtures.inputs  # noqa: F401  (registers the input builders)
+import probes  # noqa: F401  (registers the probes)
+from fixtures.config import SuiteConfig
+from fixtures.context import SuiteContext
+
+ROOT = Path(__file__).resolve().parent
+_config_key = pytest.StashKey[SuiteConfig]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("hypocheck").addoption(
+        "--suite-config", default=None, metavar="FILE",
+        help="suite YAML naming models, data and SAE (default: $HYPOCHECK_SUITE or suite.yaml)",
+    )
+
+
+def suite_config(config: pytest.Config) -> SuiteConfig:
+    """The suite configuration, read once per process."""
+    if _config_key not in config.stash:
+        chosen = config.getoption("--suite-config") or os.environ.get("HYPOCHECK_SUITE") or ROOT / "suite.yaml"
+        config.stash[_config_key] = SuiteConfig.load(chosen)
+    return config.stash[_config_key]
+
+
+def pytest_hypocheck_vocabulary(config: pytest.Config) -> dict[str, Sequence[str]]:
+    suite = suite_config(config)
+    return {
+        "model": list(suite.models),
+        "cell_line": list(suite.cell_lines),
+        "gene_set": list(suite.gene_set_definitions()),
+    }
+
+
+@pytest.fixture(scope="session")
+def hypocheck_context(pytestconfig: pytest.Config) -> SuiteContext:
+    """Models, data and SAE of the configured suite, loaded lazily and shared by every case."""
+    return SuiteContext(suite_config(pytestconfig))
