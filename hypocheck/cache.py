@@ -84,7 +84,7 @@ class ArtifactCache:
         with FileLock(str(target) + ".lock"):
             if target.exists():
                 try:
-                    return _decode(target.read_bytes())  # type: ignore[no-any-return]
+                    return _decode(target.read_bytes())
                 except (ValueError, RuntimeError, EOFError, OSError):
                     target.unlink(missing_ok=True)  # damaged entry: recompute
             value = compute()

@@ -1,5 +1,5 @@
 """The science: pure probe functions, one module per probe family. Importing registers them."""
 
-from . import embedding
+from . import clustering, embedding, geometry, knockout
 
-__all__ = ["embedding"]
+__all__ = ["clustering", "embedding", "geometry", "knockout"]

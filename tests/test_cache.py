@@ -23,7 +23,7 @@ def test_round_trip_and_key_sensitivity(tmp_path: Path) -> None:
         return ["A", "B"], np.arange(6.0).reshape(2, 3)
 
     parts = {"artifact": "reps", "checkpoint": "abc", "seed": 1}
-    names, arr = cache.get_or_compute(parts, compute)
+    _, arr = cache.get_or_compute(parts, compute)
     names2, arr2 = cache.get_or_compute(parts, compute)
     assert calls == [1] and names2 == ["A", "B"]
     np.testing.assert_array_equal(arr, arr2)
