@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 import fixtures.inputs  # noqa: F401  (registers the input builders)
 import probes  # noqa: F401  (registers the probes)
@@ -20,6 +21,12 @@ from fixtures.context import SuiteContext
 
 ROOT = Path(__file__).resolve().parent
 _config_key = pytest.StashKey[SuiteConfig]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per process by default (HYPOCHECK_THREADS to change): xdist workers do not fight
+    over cores, and CPU reductions run in the same order for -n 0 and -n auto, so the numbers agree."""
+    torch.set_num_threads(int(os.environ.get("HYPOCHECK_THREADS", "1")))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
