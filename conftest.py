@@ -18,6 +18,7 @@ import fixtures.inputs  # noqa: F401  (registers the input builders)
 import probes  # noqa: F401  (registers the probes)
 from fixtures.config import SuiteConfig
 from fixtures.context import SuiteContext
+from hypocheck.cache import ArtifactCache
 
 ROOT = Path(__file__).resolve().parent
 _config_key = pytest.StashKey[SuiteConfig]()
@@ -27,13 +28,18 @@ def pytest_configure(config: pytest.Config) -> None:
     """One torch thread per process by default (HYPOCHECK_THREADS to change): xdist workers do not fight
     over cores, and CPU reductions run in the same order for -n 0 and -n auto, so the numbers agree."""
     torch.set_num_threads(int(os.environ.get("HYPOCHECK_THREADS", "1")))
+    if config.getoption("--clear-artifact-cache", False) and not hasattr(config, "workerinput"):
+        ArtifactCache(config.getoption("--artifact-cache")).clear()  # controller only, before workers start
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("hypocheck").addoption(
-        "--suite-config", default=None, metavar="FILE",
-        help="suite YAML naming models, data and SAE (default: $HYPOCHECK_SUITE or suite.yaml)",
-    )
+    group = parser.getgroup("hypocheck")
+    group.addoption("--suite-config", default=None, metavar="FILE",
+                    help="suite YAML naming models, data and SAE (default: $HYPOCHECK_SUITE or suite.yaml)")
+    group.addoption("--artifact-cache", default=str(ROOT / ".hypocheck-cache"), metavar="DIR",
+                    help="shared cache of heavy artifacts (pert representations, ΔY, activations, Jacobians)")
+    group.addoption("--no-artifact-cache", action="store_true", help="compute everything afresh, store nothing")
+    group.addoption("--clear-artifact-cache", action="store_true", help="drop the artifact cache before the run")
 
 
 def suite_config(config: pytest.Config) -> SuiteConfig:
@@ -56,4 +62,6 @@ def pytest_hypocheck_vocabulary(config: pytest.Config) -> dict[str, Sequence[str
 @pytest.fixture(scope="session")
 def hypocheck_context(pytestconfig: pytest.Config) -> SuiteContext:
     """Models, data and SAE of the configured suite, loaded lazily and shared by every case."""
-    return SuiteContext(suite_config(pytestconfig))
+    cache = ArtifactCache(pytestconfig.getoption("--artifact-cache"),
+                          enabled=not pytestconfig.getoption("--no-artifact-cache"))
+    return SuiteContext(suite_config(pytestconfig), cache)

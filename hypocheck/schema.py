@@ -64,6 +64,11 @@ class Hypothesis(BaseModel):
         description="Named axes to cross (model × cell_line × gene_set …); one test per combination.",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Probe parameters (validated by the probe).")
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options for how the project builds the probe's inputs (e.g. layer, features: sae|residual); "
+        "validated by the project's input builder.",
+    )
     expect: list[ExpectationText] = Field(..., min_length=1, description="Expectations over the probe's metrics.")
     effect: str | None = Field(None, description="Metric reported as the effect size (default: the probe's).")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level for 'significant' and BH.")
