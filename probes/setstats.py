@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, random_sets
 
@@ -106,12 +107,27 @@ def within_mean_distinct_rows(sim: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return out
 
 
-def bootstrap_within_ci(
-    sim: np.ndarray, members: np.ndarray, rng: np.random.Generator, n_boot: int, shift: float = 0.0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap CI over members of (within-set mean similarity − ``shift``), vectorised.
+def stratum_pair_means(sim: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """Mean similarity of two distinct items drawn from strata *a* and *b* (a strata × strata matrix):
+    the expected within-set similarity of a pair under a null that draws members stratum by stratum."""
+    strata = np.asarray(strata, dtype=int)
+    onehot = np.eye(int(strata.max()) + 1)[strata]
+    counts = onehot.sum(axis=0)
+    totals = onehot.T @ sim @ onehot - np.diag(onehot.T @ np.diag(sim))
+    pairs = np.outer(counts, counts) - np.diag(counts)
+    return np.divide(totals, pairs, out=np.full(totals.shape, np.nan), where=pairs > 0)
 
+
+def bootstrap_within_ci(
+    sim: np.ndarray, members: np.ndarray, rng: np.random.Generator, n_boot: int,
+    expected: float | np.ndarray = 0.0, level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI over members of the within-set mean of (similarity − ``expected``), vectorised.
+
+    ``expected`` is the null's mean (a number) or, for a stratified null, each
+    pair's own null expectation (an items × items matrix, see
+    ``stratum_pair_means``): a resample then carries its own composition's null
+    mean, so the CI reflects clustering, not which strata the resample drew.
     A resample drawing one member only has no pair and is skipped: with
     ``scipy.stats.bootstrap`` that single NaN would turn the whole CI into NaN
     (for a 5-member set, most runs of 1000 resamples contain one).
@@ -120,7 +136,7 @@ def bootstrap_within_ci(
     if members.size < 2:
         return (np.nan, np.nan)
     draws = members[rng.integers(0, members.size, size=(n_boot, members.size))]
-    values = within_mean_distinct_rows(sim, draws) - shift
+    values = within_mean_distinct_rows(sim - expected, draws)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return (np.nan, np.nan)
@@ -136,14 +152,33 @@ def set_clustering_vectorised(
     n_null: int,
     n_boot: int,
     pool: np.ndarray | None = None,
-    member_strata: np.ndarray | None = None,
+    member_strata: Sequence[int] | np.ndarray | None = None,
     pool_strata: np.ndarray | None = None,
 ) -> SetClustering:
-    """``set_clustering`` with the vectorised, NaN-safe bootstrap CI (``bootstrap_within_ci``)."""
+    """``set_clustering`` with a vectorised, NaN-safe bootstrap CI (``bootstrap_within_ci``); with strata,
+    each resample is compared with its own composition's null expectation (``stratum_pair_means``)."""
     members = np.asarray(members)
     pool = np.arange(sim.shape[0]) if pool is None else np.asarray(pool)
     observed = float(within_mean(sim, members[None, :])[0])
-    null = within_mean(sim, random_sets(rng, pool, members.size, n_null, member_strata, pool_strata))
+    wanted = None if member_strata is None else np.asarray(member_strata, dtype=int).tolist()
+    null = within_mean(sim, random_sets(rng, pool, members.size, n_null, wanted, pool_strata))
     test = compare_to_null(observed, null)
-    ci = bootstrap_within_ci(sim, members, rng, n_boot, shift=test.null_mean)
+    block = sim[np.ix_(members, members)]
+    expected: float | np.ndarray = test.null_mean
+    if wanted is not None and pool_strata is not None:
+        pair_means = stratum_pair_means(sim[np.ix_(pool, pool)], np.asarray(pool_strata))
+        expected = pair_means[np.ix_(wanted, wanted)]
+    ci = bootstrap_within_ci(block, np.arange(members.size), rng, n_boot, expected=expected)
     return SetClustering(observed, null, test, ci)
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, rng: np.random.Generator, n_boot: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over units (``scipy.stats.bootstrap``, vectorised)."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return (np.nan, np.nan)
+    res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                          vectorized=True, random_state=rng)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)

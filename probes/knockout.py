@@ -1,0 +1,135 @@
+"""NB04: in-silico knockout transfer — does zeroing an input gene move the output alike in two cell lines?
+
+Per knocked-out gene, the response profile ``Y(X with g = 0) − Y(X)`` is
+compared between line A and line B by Spearman correlation; the gene is the
+unit (CIs resample genes, the group test permutes gene labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from hypocheck.registry import ProbeResult, probe
+
+from .setstats import bootstrap_mean_ci
+
+
+class KnockoutTransferParams(BaseModel):
+    """Parameters of the knockout-transfer summary."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(0.4, ge=-1, le=1, description="A gene 'transfers' when its Spearman r is above this.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of genes for the CIs.")
+    permutations: int = Field(2000, ge=1000, description="Label permutations for the shared − specific test.")
+    min_genes: int = Field(5, ge=2, description="Fewer genes with a defined Spearman r than this → inconclusive.")
+
+
+KNOCKOUT_METRICS = (
+    "mean_spearman", "median_spearman", "max_spearman", "share_above", "n_above", "share_below_zero",
+    "n_below_zero", "n_genes", "n_undefined", "shared_minus_specific", "p_shared_minus_specific",
+)
+
+
+def rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman r between row *i* of ``a`` and row *i* of ``b``; NaN where either row is constant or non-finite.
+
+    Vectorised: the Pearson correlation of the rows' average ranks (``scipy.stats.rankdata``), which is
+    what ``scipy.stats.spearmanr`` computes for one pair of rows.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"profiles must be two matrices of one shape; got {a.shape} and {b.shape}")
+    valid = np.all(np.isfinite(a), axis=1) & np.all(np.isfinite(b), axis=1)
+    valid &= (np.ptp(a, axis=1) > 0) & (np.ptp(b, axis=1) > 0)
+    out = np.full(a.shape[0], np.nan)
+    if valid.any():
+        ra = stats.rankdata(a[valid], axis=1)
+        rb = stats.rankdata(b[valid], axis=1)
+        ra -= ra.mean(axis=1, keepdims=True)
+        rb -= rb.mean(axis=1, keepdims=True)
+        norms = np.sqrt(np.einsum("ij,ij->i", ra, ra) * np.einsum("ij,ij->i", rb, rb))
+        out[valid] = np.einsum("ij,ij->i", ra, rb) / norms
+    return out
+
+
+def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def _group_difference(
+    rho: np.ndarray, shared: Sequence[int] | None, specific: Sequence[int] | None,
+    params: KnockoutTransferParams, rng: np.random.Generator,
+) -> tuple[float, float, tuple[float, float]]:
+    """Mean r of shared-regulator genes − line-specific ones, one-sided permutation p, bootstrap CI."""
+    nan = float("nan")
+    if shared is None or specific is None:
+        return nan, nan, (nan, nan)
+    x = rho[np.asarray(shared, dtype=int)]
+    y = rho[np.asarray(specific, dtype=int)]
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size < 2 or y.size < 2:
+        return nan, nan, (nan, nan)
+    diff = float(x.mean() - y.mean())
+    perm = stats.permutation_test((x, y), _mean_diff, permutation_type="independent", vectorized=True,
+                                  n_resamples=params.permutations, alternative="greater", random_state=rng)
+    boot = stats.bootstrap((x, y), _mean_diff, vectorized=True, n_resamples=params.bootstrap,
+                           method="percentile", random_state=rng)
+    return diff, float(perm.pvalue), (float(boot.confidence_interval.low), float(boot.confidence_interval.high))
+
+
+@probe(
+    "knockout_transfer",
+    params=KnockoutTransferParams,
+    axes=("model",),
+    metrics=KNOCKOUT_METRICS,
+    effect="mean_spearman",
+)
+def knockout_transfer(
+    *, profiles_a: np.ndarray, profiles_b: np.ndarray, gene_names: Sequence[str],
+    shared_regulators: Sequence[int] | None = None, specific_regulators: Sequence[int] | None = None,
+    params: KnockoutTransferParams, rng: np.random.Generator,
+) -> ProbeResult:
+    """Per-gene Spearman r between the knockout response profiles of two cell lines.
+
+    ``profiles_a`` / ``profiles_b`` are (knocked-out genes × output genes),
+    rows aligned with ``gene_names``. Genes whose profile is constant in a line
+    have no r (``n_undefined``) and are left out of every summary (``n_genes``
+    counts the others; shares are over them). With regulator groups (row
+    indices), ``shared_minus_specific`` asks whether genes that regulate in both
+    lines transfer better than line-specific ones (one-sided permutation p).
+    No p for the claim itself: "no transfer" is read from the CI and the maximum.
+    """
+    rho = rowwise_spearman(profiles_a, profiles_b)
+    if len(gene_names) != rho.size:
+        raise ValueError(f"{len(gene_names)} gene names for {rho.size} profiles")
+    defined = rho[np.isfinite(rho)]
+    n = defined.size
+    nan = float("nan")
+    diff, p_diff, diff_ci = _group_difference(rho, shared_regulators, specific_regulators, params, rng)
+    group = np.full(rho.size, "", dtype=object)
+    if shared_regulators is not None:
+        group[np.asarray(shared_regulators, dtype=int)] = "shared"
+    if specific_regulators is not None:
+        group[np.asarray(specific_regulators, dtype=int)] = "specific"
+    table = pd.DataFrame({"gene": list(gene_names), "spearman": rho, "group": group})
+    n_above, n_below = int(np.sum(defined > params.threshold)), int(np.sum(defined < 0))
+    metrics = {
+        "mean_spearman": float(defined.mean()) if n else nan,
+        "median_spearman": float(np.median(defined)) if n else nan,
+        "max_spearman": float(defined.max()) if n else nan,
+        "share_above": n_above / n if n else nan, "n_above": n_above,
+        "share_below_zero": n_below / n if n else nan, "n_below_zero": n_below,
+        "n_genes": n, "n_undefined": rho.size - n,
+        "shared_minus_specific": diff, "p_shared_minus_specific": p_diff,
+    }
+    cis = {"mean_spearman": bootstrap_mean_ci(defined, rng, params.bootstrap),
+           "shared_minus_specific": diff_ci}
+    reason = None if n >= params.min_genes else (
+        f"{n} genes with a defined Spearman r; at least {params.min_genes} are needed")
+    return ProbeResult(metrics=metrics, cis=cis, arrays={"spearman": rho}, tables={"spearman": table},
+                       inconclusive=reason)

@@ -1,0 +1,77 @@
+"""Calibration: each test family holds alpha on null data and finds planted sets; the original
+pair-level rank-sum test does not hold alpha. A small run of ``probes.calibration`` (the CLI runs more)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from probes.calibration import (
+    CALIBRATED,
+    CalibrationConfig,
+    calibrate,
+    family_table,
+    mc_bound,
+    table,
+    write_reports,
+)
+
+CONFIG = CalibrationConfig(seeds=24, demo_seeds=1, off_bin_share=None)
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, Any]:
+    return calibrate(CONFIG, workers=2)
+
+
+def row(result: dict[str, Any], family: str, data: str) -> dict[str, Any]:
+    (found,) = [r for r in result["rows"] if r["family"] == family and r["data"] == data]
+    return found
+
+
+def test_mc_bound() -> None:
+    assert mc_bound(0.05, 100) == pytest.approx(0.05 + 2 * math.sqrt(0.05 * 0.95 / 100))
+
+
+def family(result: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [f for f in result["families"] if f["family"] == name]
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(CALIBRATED))
+def test_every_family_holds_alpha_on_null_data(result: dict[str, Any], name: str) -> None:
+    summary = family(result, name)
+    assert summary["n_null"] >= 60
+    assert summary["fpr"] <= summary["bound"], f"{name}: FPR {summary['fpr']:.3f} > {summary['bound']:.3f}"
+    for data in CALIBRATED[name]:  # every null data set took part
+        assert row(result, name, data)["n_runs"] >= 13
+
+
+@pytest.mark.parametrize(
+    "family, data",
+    [("clustering_matched", "synthetic: planted program"), ("neighbour_purity", "synthetic: planted program"),
+     ("cross_model", "synthetic: planted"), ("knockout_shared_vs_specific", "synthetic: planted")],
+)
+def test_planted_sets_are_found(result: dict[str, Any], family: str, data: str) -> None:
+    assert row(result, family, data)["rate"] >= 0.8
+
+
+def test_pair_level_rank_sum_and_uniform_null_are_not_calibrated(result: dict[str, Any]) -> None:
+    rank_sum = family(result, "original_rank_sum")  # on the same null data as the uniform clustering test
+    assert rank_sum["fpr"] > rank_sum["bound"]  # pairs sharing a member are not independent
+    assert rank_sum["fpr"] > 2 * family(result, "clustering_uniform")["fpr"]
+    assert row(result, "original_rank_sum", "synthetic: random sets")["rate"] > 0.15
+    confound = row(result, "clustering_uniform", "synthetic: low-magnitude sets")
+    assert confound["rate"] > 0.9  # weak knockdowns share the default direction
+    assert row(result, "clustering_matched", "synthetic: low-magnitude sets")["rate"] <= confound["bound"]
+
+
+def test_reports_are_written(result: dict[str, Any], tmp_path) -> None:
+    out = write_reports(result, tmp_path)
+    saved = json.loads((out / "calibration.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    text = (out / "calibration.md").read_text()
+    assert table(result) in text and family_table(result) in text
