@@ -14,9 +14,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
-from hypocheck.stats import quantile_strata
 
-from .setstats import SetClustering, cosine_matrix, set_clustering_vectorised
+from .setstats import SetClustering, cosine_matrix, matched_bins, set_clustering_vectorised
 
 
 class OutputClusteringParams(BaseModel):
@@ -66,16 +65,6 @@ def noeffect_floor_of(magnitude: np.ndarray, quantile: float) -> float:
     return float(np.median(mag[: max(1, round(quantile * mag.size))]))
 
 
-def _matched_bins(magnitude: np.ndarray, members: np.ndarray, max_bins: int, ratio: float) -> np.ndarray | None:
-    """Quantile bins of ‖ΔY‖, as many as possible (≤ ``max_bins``, ≥ 2) with no bin crowded by the set."""
-    for bins in range(max_bins, 1, -1):
-        strata = quantile_strata(magnitude, bins)
-        wanted = np.bincount(strata[members], minlength=bins)
-        if np.all(np.bincount(strata, minlength=bins) >= ratio * wanted):
-            return strata
-    return None
-
-
 def _metrics(
     features: np.ndarray, members: np.ndarray, magnitude: np.ndarray, floor: float | None,
     params: OutputClusteringParams,
@@ -94,7 +83,7 @@ def _metrics(
     sim = cosine_matrix(features)
     if members.size < params.min_members:
         return metrics, f"{members.size} set members found; at least {params.min_members} are needed", sim, None
-    strata = _matched_bins(magnitude, members, params.magnitude_bins, params.min_stratum_ratio)
+    strata = matched_bins(magnitude, members, params.magnitude_bins, params.min_stratum_ratio)
     if strata is None:
         reason = (f"the set ({members.size} of {magnitude.size} knockdowns) is too large to draw magnitude-matched "
                   f"null sets with {params.min_stratum_ratio}× spare knockdowns per bin")

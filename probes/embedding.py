@@ -1,4 +1,11 @@
-"""NB02: pert-embedding geometry — do knockdowns of one pathway point the same way in pert_encoder space?"""
+"""NB02: pert-embedding geometry — do knockdowns of one pathway point the same way in pert_encoder space?
+
+The original compared the within-set cosine with the background over all
+knockdown pairs. Knockdowns with no effect are all pulled towards the same
+"do nothing" representation during training, so a set of them looks clustered
+against uniformly drawn sets too; the test of record therefore draws null sets
+matched for effect magnitude ‖ΔY‖ (as NB01 does), with the uniform test beside it.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +14,71 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
 
-from .setstats import background_mean, cosine_matrix, set_clustering
+from .setstats import background_mean, cosine_matrix, matched_bins, set_clustering_vectorised
+
+EMBEDDING_METRICS = (
+    "within_mean_cosine", "background_mean_cosine", "null_mean_cosine", "z", "p", "delta_cosine_uniform",
+    "matched_null_mean_cosine", "z_matched", "p_matched", "delta_cosine", "n_members",
+)
 
 
 class EmbeddingClusteringParams(BaseModel):
     """Parameters of the within-set cosine test."""
 
     model_config = ConfigDict(extra="forbid")
-    null_sets: int = Field(1000, ge=100, description="Size-matched random knockdown sets in the null.")
+    null_sets: int = Field(1000, ge=100, description="Random knockdown sets in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
+    magnitude_bins: int = Field(10, ge=2, le=20, description="‖ΔY‖ quantile bins for the matched null.")
+    min_stratum_ratio: float = Field(2.0, ge=1.0, description="Spare knockdowns per bin the matched null needs.")
 
 
 @probe(
     "pert_embedding_clustering",
     params=EmbeddingClusteringParams,
     axes=("model", "gene_set"),
-    metrics=("within_mean_cosine", "background_mean_cosine", "null_mean_cosine", "delta_cosine", "z", "p",
-             "n_members"),
+    metrics=EMBEDDING_METRICS,
     effect="delta_cosine",
-    p="p",
+    p="p_matched",
 )
 def pert_embedding_clustering(
-    *, embeddings: np.ndarray, members: np.ndarray, params: EmbeddingClusteringParams, rng: np.random.Generator
+    *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,
+    params: EmbeddingClusteringParams, rng: np.random.Generator,
 ) -> ProbeResult:
-    """Within-set mean cosine of pert representations vs size-matched random knockdown sets.
+    """Within-set mean cosine of pert representations vs size-matched and magnitude-matched random sets.
 
-    ``embeddings`` is (knockdowns × hidden) — one pert_encoder output per
-    knockdown, control excluded; ``members`` indexes the set's knockdowns.
+    ``embeddings`` is (knockdowns × hidden), one pert_encoder output per
+    knockdown (control excluded); ``members`` indexes the set; ``magnitude``
+    is each knockdown's effect size ‖ΔY‖ (without it the matched metrics are
+    NaN and the case cannot be judged on them).
     """
     members = np.asarray(members, dtype=int)
     sim = cosine_matrix(embeddings)
-    background = background_mean(sim)
+    metrics = dict.fromkeys(EMBEDDING_METRICS, float("nan")) | {
+        "background_mean_cosine": background_mean(sim), "n_members": float(members.size),
+    }
     if members.size < params.min_members:
-        nan = float("nan")
-        return ProbeResult(
-            metrics={"within_mean_cosine": nan, "background_mean_cosine": background, "null_mean_cosine": nan,
-                     "delta_cosine": nan, "z": nan, "p": nan, "n_members": members.size},
-            inconclusive=f"{members.size} set members found; at least {params.min_members} are needed",
-        )
-    res = set_clustering(sim, members, rng, params.null_sets, params.bootstrap)
-    return ProbeResult(
-        metrics={
-            "within_mean_cosine": res.within,
-            "background_mean_cosine": background,
-            "null_mean_cosine": res.test.null_mean,
-            "delta_cosine": res.within - res.test.null_mean,
-            "z": res.test.z,
-            "p": res.test.p,
-            "n_members": members.size,
-        },
-        cis={"delta_cosine": res.ci},
-        null=res.null,
-        arrays={"similarity": sim},
-    )
+        return ProbeResult(metrics=metrics, arrays={"similarity": sim},
+                           inconclusive=f"{members.size} set members found; at least {params.min_members} are needed")
+    uniform = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap)
+    metrics |= {
+        "within_mean_cosine": uniform.within, "null_mean_cosine": uniform.test.null_mean, "z": uniform.test.z,
+        "p": uniform.test.p, "delta_cosine_uniform": uniform.within - uniform.test.null_mean,
+    }
+    cis = {"delta_cosine_uniform": uniform.ci}
+    null = uniform.null
+    inconclusive = None
+    if magnitude is None:
+        inconclusive = "no effect magnitudes given: the magnitude-matched test cannot run"
+    else:
+        strata = matched_bins(np.asarray(magnitude, float), members, params.magnitude_bins, params.min_stratum_ratio)
+        if strata is None:
+            inconclusive = "the set is too large to draw magnitude-matched null sets"
+        else:
+            matched = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap,
+                                                member_strata=strata[members], pool_strata=strata)
+            metrics |= {"matched_null_mean_cosine": matched.test.null_mean, "z_matched": matched.test.z,
+                        "p_matched": matched.test.p, "delta_cosine": matched.within - matched.test.null_mean}
+            cis["delta_cosine"] = matched.ci
+            null = matched.null
+    return ProbeResult(metrics=metrics, cis=cis, null=null, arrays={"similarity": sim}, inconclusive=inconclusive)

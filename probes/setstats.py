@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, random_sets
+from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, quantile_strata, random_sets
 
 CHUNK_ELEMENTS = 4_000_000
 
@@ -182,3 +182,13 @@ def bootstrap_mean_ci(
     res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
                           vectorized=True, random_state=rng)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def matched_bins(magnitude: np.ndarray, members: np.ndarray, max_bins: int, ratio: float) -> np.ndarray | None:
+    """Quantile bins of ‖ΔY‖, as many as possible (≤ ``max_bins``, ≥ 2) with no bin crowded by the set."""
+    for bins in range(max_bins, 1, -1):
+        strata = quantile_strata(magnitude, bins)
+        wanted = np.bincount(strata[members], minlength=bins)
+        if np.all(np.bincount(strata, minlength=bins) >= ratio * wanted):
+            return strata
+    return None

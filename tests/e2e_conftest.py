@@ -33,7 +33,8 @@ class TinyContext:
         with torch.no_grad():
             onehots = torch.eye(41)[: len(KNOCKDOWNS)]
             embeddings = self.model.encode_perturbation(onehots).numpy()
-        return {"embeddings": embeddings, "members": np.array(SETS[case.axes["gene_set"]])}
+        magnitude = np.random.default_rng(2).uniform(1, 2, size=len(KNOCKDOWNS))  # unrelated to the sets
+        return {"embeddings": embeddings, "magnitude": magnitude, "members": np.array(SETS[case.axes["gene_set"]])}
 
     def environment(self):
         return {"device": "cpu", "models": {"tiny": "planted-seed-1"}}
