@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     ctx = SuiteContext(SuiteConfig.load(ROOT / "suite.yaml"))
-    records = []
+    records: list[dict[str, Any]] = []
     for probe, axes, params, inputs in CASES:
         spec = get_probe(probe)
         if "null_sets" in spec.params.model_fields:
