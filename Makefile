@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 N ?= auto
+NPM ?= npm
+NODE_STAMP := node_modules/.installed
+ALLURE_RESULTS := reports/allure-results
+ALLURE_HISTORY := reports/allure-history.jsonl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: demo test lint world bench schema clean-reports
+.PHONY: demo test report browser lint world bench schema clean-reports
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,14 +20,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-## make demo: run the claim suite on the bundled demo world; writes reports/
-demo: $(STAMP)
-	$(BIN)/python -m pytest hypotheses -n $(N) -q; test $$? -le 1
+# The Allure 3 command-line tool (npm, pinned in package.json / package-lock.json) renders reports/html.
+$(NODE_STAMP): package.json package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "npm (Node.js >= 20) is needed for the HTML report" >&2; exit 1; }
+	$(NPM) ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+## make browser: a headless Chromium for the report test (Debian's package; installed only when absent)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+
+## make demo: run the claim suite on the bundled demo world; writes reports/ (summary, Allure results, html/)
+demo: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m pytest hypotheses -n $(N) -q --alluredir $(ALLURE_RESULTS) --clean-alluredir; test $$? -le 1
+	$(MAKE) --no-print-directory report
 	$(BIN)/python -m hypocheck.gate reports/summary.json
 
-## make test: lint, type-check and run the project's own tests
-test: $(STAMP) lint
-	$(BIN)/python -m pytest tests -n $(N) -q
+## make report: (re)render reports/html/index.html from reports/allure-results, extending the history
+report: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m hypocheck.allure_report generate $(ALLURE_RESULTS) -o reports/html --history $(ALLURE_HISTORY)
+
+## make test: lint, type-check and run the project's own tests (the report test opens reports in Chromium)
+test: $(STAMP) $(NODE_STAMP) browser lint
+	HYPOCHECK_BROWSER_REQUIRED=1 $(BIN)/python -m pytest tests -n $(N) -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check hypocheck probes fixtures tests conftest.py
