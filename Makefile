@@ -46,8 +46,8 @@ test: $(STAMP) $(NODE_STAMP) browser lint
 	HYPOCHECK_BROWSER_REQUIRED=1 $(BIN)/python -m pytest tests -n $(N) -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check hypocheck probes fixtures tests conftest.py
-	$(BIN)/mypy hypocheck probes fixtures conftest.py
+	$(BIN)/ruff check hypocheck probes fixtures tests bench conftest.py
+	$(BIN)/mypy hypocheck probes fixtures bench conftest.py
 
 ## make world: regenerate the demo world and retrain its models (deterministic)
 world: $(STAMP)

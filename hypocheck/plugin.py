@@ -283,6 +283,16 @@ def _conclude(config: pytest.Config, case: Case, verdict: CaseVerdict) -> None:
         pytest.skip(f"inconclusive: {verdict.reason}")
 
 
+def merge_environment(into: dict[str, Any], reported: Mapping[str, Any]) -> None:
+    """Merge one worker's environment into the run's: nested mappings (e.g. models loaded) are unioned,
+    since each xdist worker loads only the models its cases need."""
+    for key, value in reported.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            merge_environment(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
 class RunSummary:
     """Controller-side plugin: gathers case records (xdist forwards user_properties) and writes the summary."""
 
@@ -297,7 +307,7 @@ class RunSummary:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props: dict[str, Any] = dict(report.user_properties)
         if ENV_KEY in props:
-            self.environment.update(props[ENV_KEY])
+            merge_environment(self.environment, props[ENV_KEY])
         if RECORD_KEY in props and report.when == "call":
             self.records.append(props[RECORD_KEY])
         elif report.failed and report.when == "setup" and "hypocheck" in report.keywords:
