@@ -33,16 +33,27 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], dict[str, Any]]] = [
     ("cross_model_cosine", {"model": "fewshot"}, {}, {"other_model": "zeroshot"}),
     ("output_set_clustering", {"model": "fewshot", "cell_line": "hepg2", "gene_set": "oxphos"}, {}, {}),
     ("output_set_clustering", {"model": "zeroshot", "cell_line": "jurkat", "gene_set": "ribosome"}, {}, {}),
-    ("output_set_absence", {"model": "fewshot", "cell_line": "jurkat", "gene_set": "er_golgi"},
-     {"reference_effect": 0.1}, {}),
+    (
+        "output_set_absence",
+        {"model": "fewshot", "cell_line": "jurkat", "gene_set": "er_golgi"},
+        {"reference_effect": 0.1},
+        {},
+    ),
     ("knockout_transfer", {"model": "fewshot"}, {}, {"lines": ["hepg2", "jurkat"], "max_genes": 200}),
 ]
 
 
 def make_case(probe: str, axes: dict[str, str], params: dict[str, Any], inputs: dict[str, Any]) -> Case:
     spec = get_probe(probe)
-    hyp = Hypothesis(id="bench", claim="benchmark", probe=probe, cases={k: [v] for k, v in axes.items()},
-                     params=params, inputs=inputs, expect=[f"{spec.effect} > -1e9"])
+    hyp = Hypothesis(
+        id="bench",
+        claim="benchmark",
+        probe=probe,
+        cases={k: [v] for k, v in axes.items()},
+        params=params,
+        inputs=inputs,
+        expect=[f"{spec.effect} > -1e9"],
+    )
     return Case(hyp, spec, spec.params.model_validate(params), axes, (), "bench", Location("bench"))
 
 
@@ -65,8 +76,18 @@ def main() -> None:
         start = time.perf_counter()
         spec.fn(**prepared, params=case.params, rng=np.random.default_rng(0))
         probe_s = time.perf_counter() - start
-        records.append({"probe": probe, "axes": axes, "null_sets": params.get("null_sets"), "inputs_s": build_s,
-                        "probe_s": probe_s, "device": "cpu", "threads": 1, "platform": platform.platform()})
+        records.append(
+            {
+                "probe": probe,
+                "axes": axes,
+                "null_sets": params.get("null_sets"),
+                "inputs_s": build_s,
+                "probe_s": probe_s,
+                "device": "cpu",
+                "threads": 1,
+                "platform": platform.platform(),
+            }
+        )
         print(f"{probe:<28} {'-'.join(axes.values()):<32} inputs {build_s:7.2f} s   probe {probe_s:6.2f} s")
     total = sum(r["probe_s"] for r in records)
     print(f"{'total (probes alone)':<61} {total:6.2f} s")
