@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +29,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from filelock import FileLock
+
+from .atomic import atomic_write_bytes
 
 T = TypeVar("T")
 CODE_VERSION = "1"  # bump when an artifact's definition changes: every key includes it
@@ -94,16 +94,7 @@ class ArtifactCache:
             return value
 
     def _write(self, target: Path, blob: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(target, blob)
 
     def _log(self, key: str, parts: Mapping[str, Any]) -> None:
         """Append a line saying what each entry holds, for people browsing the cache."""
