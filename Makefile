@@ -53,5 +53,10 @@ lint: $(STAMP)
 world: $(STAMP)
 	$(BIN)/python -m fixtures.demo.build
 
+## make bench: probe timings on the demo world, and the Jacobian engine vs the original method at real sizes
+bench: $(STAMP)
+	$(BIN)/python -m bench.probes_bench
+	$(BIN)/python -m bench.jacobian_bench --cells 64 --kds 3 --orig-genes 200 --jacfwd-kds 1 --threads 1
+
 schema: $(STAMP)
 	$(BIN)/hypocheck-schema > hypothesis.schema.json
