@@ -140,6 +140,8 @@ class HypothesisFileCollector(pytest.File):
             item = CaseItem.from_parent(self, name=case.name, callobj=_run_case)
             item.case = case
             item.add_marker(pytest.mark.hypocheck)
+            # with `-n auto --dist loadgroup`, cases of one model run on one worker: the model loads once
+            item.add_marker(pytest.mark.xdist_group(name=str(case.axes.get("model", case.hypothesis.id))))
             for mark in case.hypothesis.marks:
                 self.config.addinivalue_line("markers", f"{mark}: from hypothesis YAML")
                 item.add_marker(getattr(pytest.mark, mark))
