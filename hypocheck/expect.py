@@ -29,6 +29,7 @@ _TOKEN = re.compile(
     r"|(?P<op><=|>=|==|!=|~=|\+-|[<>≈±%\[\],]))"
 )
 _COMPARATORS = {"<", "<=", ">", ">=", "==", "!="}
+_MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
@@ -67,6 +68,11 @@ class Expectation:
     relative: bool = False
     alpha: float | None = None
 
+    @property
+    def allowed(self) -> float:
+        """An approx expectation's absolute tolerance (relative ones scale with the target)."""
+        return self.tolerance * abs(self.target) if self.relative else self.tolerance
+
     def metrics_used(self) -> list[str]:
         return [o.metric for o in self.operands if o.metric is not None]
 
@@ -85,7 +91,7 @@ class Expectation:
             return Outcome(None, f"{self.source}: undecidable ({shown})")
         if self.kind == "approx":
             measured = values[0]
-            allowed = self.tolerance * abs(self.target) if self.relative else self.tolerance
+            allowed = self.allowed
             ok = abs(measured - self.target) <= allowed
             gap = abs(measured - self.target)
             return Outcome(ok, f"{self.source}: {shown} (|Δ| = {gap:.4g}, allowed {allowed:.4g})")
@@ -197,25 +203,20 @@ def literal_bounds(exp: Expectation) -> dict[str, tuple[float, float]]:
         bounds[metric] = (max(lo, low), min(hi, high))
 
     if exp.kind == "approx" and exp.operands[0].metric:
-        allowed = exp.tolerance * abs(exp.target) if exp.relative else exp.tolerance
-        narrow(exp.operands[0].metric, exp.target - allowed, exp.target + allowed)
+        narrow(exp.operands[0].metric, exp.target - exp.allowed, exp.target + exp.allowed)
     if exp.kind != "compare":
         return bounds
     for a, op, b in zip(exp.operands, exp.comparators, exp.operands[1:], strict=False):
-        if a.metric and b.value is not None:
-            if op in {"<", "<="}:
-                narrow(a.metric, high=b.value)
-            elif op in {">", ">="}:
-                narrow(a.metric, low=b.value)
-            elif op == "==":
-                narrow(a.metric, b.value, b.value)
-        elif b.metric and a.value is not None:
-            if op in {"<", "<="}:
-                narrow(b.metric, low=a.value)
-            elif op in {">", ">="}:
-                narrow(b.metric, high=a.value)
-            elif op == "==":
-                narrow(b.metric, a.value, a.value)
+        if b.metric and a.value is not None:
+            a, op, b = b, _MIRRORED[op], a  # '2 < z' reads as 'z > 2'
+        if not (a.metric and b.value is not None):
+            continue
+        if op in {"<", "<="}:
+            narrow(a.metric, high=b.value)
+        elif op in {">", ">="}:
+            narrow(a.metric, low=b.value)
+        elif op == "==":
+            narrow(a.metric, b.value, b.value)
     return bounds
 
 
