@@ -18,6 +18,8 @@ import fixtures.inputs  # noqa: F401  (registers the input builders)
 import probes  # noqa: F401  (registers the probes)
 from fixtures.config import SuiteConfig
 from fixtures.context import SuiteContext
+from fixtures.data import SAMPLINGS
+from fixtures.routing_inputs import CELL_COUNTS  # (importing it registers the Jacobian input builders)
 from hypocheck.cache import ArtifactCache
 
 ROOT = Path(__file__).resolve().parent
@@ -56,6 +58,8 @@ def pytest_hypocheck_vocabulary(config: pytest.Config) -> dict[str, Sequence[str
         "model": list(suite.models),
         "cell_line": list(suite.cell_lines),
         "gene_set": list(suite.gene_set_definitions()),
+        "sampling": list(SAMPLINGS),
+        "cells": [str(n) for n in CELL_COUNTS],
     }
 
 
@@ -64,4 +68,5 @@ def hypocheck_context(pytestconfig: pytest.Config) -> SuiteContext:
     """Models, data and SAE of the configured suite, loaded lazily and shared by every case."""
     cache = ArtifactCache(pytestconfig.getoption("--artifact-cache"),
                           enabled=not pytestconfig.getoption("--no-artifact-cache"))
-    return SuiteContext(suite_config(pytestconfig), cache)
+    shown = pytestconfig.getoption("capture") == "no"  # progress bars of long Jacobian runs under -s
+    return SuiteContext(suite_config(pytestconfig), cache, progress=shown)

@@ -1,0 +1,145 @@
+"""The suite context's Jacobian artifacts on a tiny real arc-state model, checked against autograd.
+
+What the routing probes (NB03, NB05–NB10) receive must be the quantities the
+SPEC defines: ΔY of every knockdown, the Gram of ∂Ȳ/∂r, the one-hot Gram of
+∂Ȳ/∂p, held Jacobians on other control sentences, and ∂Ȳ[target]/∂X[regulator].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fixtures.config import SuiteConfig
+from fixtures.context import SuiteContext
+from fixtures.data import SAMPLINGS
+from hypocheck.errors import UnknownNameError
+from tests.helpers_tiny import single_thread, tiny_h5ad, tiny_run_dir
+
+CELLS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> SuiteContext:
+    root = tmp_path_factory.mktemp("routing")
+    tiny_run_dir(root / "runs" / "tiny")
+    (root / "data").mkdir()
+    tiny_h5ad(root / "data" / "tiny.h5ad", n_per_group=12)
+    cfg = {"models": {"tiny": {"run_dir": "runs/tiny"}}, "data": {"path": "data/tiny.h5ad"},
+           "cell_lines": ["hepg2", "jurkat"], "device": "cpu", "control_sentence": {"cells": CELLS, "seed": 3}}
+    (root / "suite.yaml").write_text(yaml.safe_dump(cfg))
+    return SuiteContext(SuiteConfig.load(root / "suite.yaml"))
+
+
+def _mean_prediction(ctx: SuiteContext, onehots: torch.Tensor, line: str = "hepg2") -> torch.Tensor:
+    """Ȳ through the whole model (pert_encoder included) for each one-hot row, by plain autograd-able calls."""
+    adapter = ctx.model("tiny")
+    basal, batch = ctx.control_sentence(line, "tiny")
+    return torch.stack([adapter.forward_from_repr(adapter.encode_perturbation(p[None]), basal, batch)[0].mean(0)
+                        for p in onehots])
+
+
+def _autograd_jacobians(ctx: SuiteContext, wrt_onehot: bool) -> torch.Tensor:
+    adapter = ctx.model("tiny")
+    basal, batch = ctx.control_sentence("hepg2", "tiny")
+    onehots = adapter.onehot(ctx.knockdowns("tiny"))
+    out = []
+    for p in onehots:
+        if wrt_onehot:
+            def f(q: torch.Tensor) -> torch.Tensor:
+                return adapter.forward_from_repr(adapter.encode_perturbation(q[None]), basal, batch)[0].mean(0)
+            out.append(torch.autograd.functional.jacobian(f, p))
+        else:
+            r = adapter.encode_perturbation(p[None])[0].detach()
+            out.append(torch.autograd.functional.jacobian(
+                lambda v: adapter.forward_from_repr(v[None], basal, batch)[0].mean(0), r))
+    return torch.stack(out).double()
+
+
+def test_delta_y_is_the_cell_mean_difference_to_control(ctx: SuiteContext) -> None:
+    adapter = ctx.model("tiny")
+    names = ctx.knockdowns("tiny")
+    assert names == ["KD00", "KD01", "KD02"]
+    with torch.no_grad():
+        y = _mean_prediction(ctx, adapter.onehot([*names, adapter.control_pert])).double().numpy()
+    np.testing.assert_allclose(ctx.delta_y("tiny", "hepg2"), y[:-1] - y[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ctx.effect_magnitudes("tiny", "hepg2"), np.linalg.norm(y[:-1] - y[-1], axis=1),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("onehot", [False, True])
+def test_jacobian_gram_matches_autograd(ctx: SuiteContext, onehot: bool) -> None:
+    jac = _autograd_jacobians(ctx, wrt_onehot=onehot)
+    flat = jac.reshape(jac.shape[0], -1)
+    expected = (flat @ flat.T).numpy()
+    gram = ctx.jacobian_gram("tiny", "hepg2", onehot=onehot)
+    np.testing.assert_allclose(gram, expected, rtol=2e-4, atol=1e-7 * np.abs(expected).max())
+
+
+def test_pert_weight_is_the_encoder_weight(ctx: SuiteContext) -> None:
+    weight = ctx.model("tiny").model.pert_encoder[0].weight.detach()
+    torch.testing.assert_close(ctx.pert_weight("tiny"), weight, rtol=1e-5, atol=1e-6)
+
+
+def test_held_jacobians_on_another_sentence(ctx: SuiteContext) -> None:
+    held = ctx.held_jacobians("tiny", "hepg2", ["KD02", "KD00"], ("top_magnitude", 4))
+    adapter = ctx.model("tiny")
+    basal, batch = ctx.control_sentence("hepg2", "tiny", "top_magnitude", 4)
+    assert basal.shape[0] == 4
+    for row, kd in zip(held, ["KD02", "KD00"], strict=True):
+        r = adapter.encode_perturbation(adapter.onehot([kd]))[0].detach()
+        expected = torch.autograd.functional.jacobian(
+            lambda v: adapter.forward_from_repr(v[None], basal, batch)[0].mean(0), r)
+        np.testing.assert_allclose(row, expected.double().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_input_derivatives_match_finite_differences(ctx: SuiteContext) -> None:
+    adapter = ctx.model("tiny")
+    genes = adapter.gene_names
+    regulators, targets = [genes[0], genes[3]], [genes[1], genes[2], genes[5]]
+    d = ctx.input_derivatives("tiny", "jurkat", ["KD01", "KD02"], regulators, targets)
+    assert d.shape == (2, 2, 3)
+    basal, batch = ctx.control_sentence("jurkat", "tiny")
+    cols = [genes.index(t) for t in targets]
+    eps = 1e-2
+    for i, kd in enumerate(["KD01", "KD02"]):
+        r = adapter.encode_perturbation(adapter.onehot([kd]))
+        for j, reg in enumerate(regulators):
+            up, down = basal.clone(), basal.clone()
+            up[:, genes.index(reg)] += eps
+            down[:, genes.index(reg)] -= eps
+            with torch.no_grad():
+                fd = (adapter.forward_from_repr(r, up, batch)[0].mean(0)
+                      - adapter.forward_from_repr(r, down, batch)[0].mean(0))[cols] / (2 * eps)
+            np.testing.assert_allclose(d[i, j], fd.double().numpy(), rtol=2e-2, atol=2e-4)
+
+
+def test_samplings_are_seeded_distinct_and_valid(ctx: SuiteContext) -> None:
+    data = ctx.data_for("tiny")
+    all_controls = data.controls("hepg2")
+    totals = np.sort(all_controls.sum(axis=1))[::-1]
+    for sampling in SAMPLINGS:
+        a, batch_a = data.control_sentence("hepg2", 10, 7, None, sampling)
+        b, _ = data.control_sentence("hepg2", 10, 7, None, sampling)
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == (10, all_controls.shape[1]) and batch_a.shape == (10,)
+    top, _ = data.control_sentence("hepg2", 5, 0, None, "top_magnitude")
+    np.testing.assert_allclose(np.sort(top.sum(axis=1))[::-1], totals[:5], rtol=1e-6)
+    batch_map = ctx.model("tiny").batch_map
+    _, all_batches = data.control_sentence("hepg2", all_controls.shape[0], 0, batch_map, "random")
+    strat, strat_batches = data.control_sentence("hepg2", 10, 0, batch_map, "stratified")
+    assert len(set(map(tuple, strat))) == 10  # without replacement
+    for b in np.unique(all_batches):  # proportional to the batches' shares, up to rounding
+        assert abs(np.sum(strat_batches == b) - 10 * np.mean(all_batches == b)) <= 1
+    with pytest.raises(UnknownNameError, match="did you mean 'stratified'"):
+        data.control_sentence("hepg2", 4, 0, None, "stratifed")
