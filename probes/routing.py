@@ -1,0 +1,642 @@
+"""NB05–NB10: pert-Jacobian routing — do knockdowns with similar effects get routed through similar Jacobians?
+
+For every knockdown ``k``: ``ΔY_k`` (its cell-averaged output change) and
+``J_k = ∂Ȳ/∂r`` at its pert representation, given as the inner-product Gram
+``⟨J_a, J_b⟩_F``. *Routing coherence* is the correlation between the upper
+triangles of the Jacobian cosine matrix and the ΔY cosine matrix (Pearson and
+Spearman, NB07), tested by a Mantel permutation (KD labels of one matrix are
+permuted: pairs sharing a knockdown are not independent, so the knockdown is
+the unit). ΔY is clustered by Ward on cosine distance (Ward on the
+L2-normalised rows, ``‖a − b‖² = 2(1 − cos)``); the same- vs different-cluster
+Jacobian similarity ratio and the ARI between the Jacobian and the ΔY
+clusterings are tested by permuting cluster labels over knockdowns. CIs
+resample knockdowns (a resample's pairs are the pairs of distinct draws that
+are different knockdowns), never pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+from scipy.cluster.hierarchy import fcluster, linkage
+from sklearn.metrics import adjusted_rand_score
+
+from hypocheck.registry import ProbeResult, probe
+
+from .setstats import bootstrap_mean_ci, cosine_matrix
+
+CHUNK_ELEMENTS = 4_000_000
+LEVEL = 0.95
+
+
+class RoutingParams(BaseModel):
+    """Parameters of the routing-coherence analysis (NB05–NB08)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_clusters: int = Field(15, ge=2, description="Ward clusters of ΔY (cosine distance); of the Jacobians for ARI.")
+    selection: Literal["top", "all"] = Field(
+        "top", description="'top': the top_per_cluster KDs per ΔY cluster by ‖ΔY‖ (the original 225); 'all': every KD."
+    )
+    top_per_cluster: int = Field(15, ge=1, description="KDs kept per ΔY cluster with selection 'top'.")
+    permutations: int = Field(1000, ge=99, description="Permutations for the Mantel and label-permutation tests.")
+    bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples of knockdowns for the CIs.")
+    svd_components: int = Field(10, ge=1, description="Top singular values: their share of the squared total.")
+    min_kds: int = Field(10, ge=3, description="Fewer selected knockdowns than this → inconclusive.")
+
+
+class DifferenceParams(RoutingParams):
+    """Routing parameters plus the margin within which two models count as alike (claim 5)."""
+
+    equivalence_margin: float | None = Field(
+        None, gt=0, description="With a margin: a difference CI that covers 0 but reaches past ± margin cannot tell "
+                                "'alike' from 'different' → inconclusive (SPEC §6, claims of absence).")
+
+
+class StabilityParams(BaseModel):
+    """Parameters of the routing-stability comparison (NB09 cell sampling, NB10 cell count)."""
+
+    model_config = ConfigDict(extra="forbid")
+    permutations: int = Field(1000, ge=99, description="Permutations for the Mantel test of routing coherence.")
+    bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples of knockdowns for the CIs.")
+    min_kds: int = Field(10, ge=3, description="Fewer knockdowns with non-zero Jacobians than this → inconclusive.")
+
+
+ROUTING_METRICS = (
+    "n_kds", "n_clusters", "pearson", "spearman", "p_pearson", "p_spearman", "same_cluster_similarity",
+    "diff_cluster_similarity", "same_diff_ratio", "p_ratio", "ari", "p_ari", "svd_share", "n_zero_norm",
+)
+DIFFERENCE_METRICS = (
+    "pearson_a", "pearson_b", "spearman_a", "spearman_b", "difference", "spearman_difference", "p_difference",
+    "p_spearman_difference", "p_a", "p_b", "n_kds_a", "n_kds_b",
+)
+STABILITY_METRICS = (
+    "agreement", "agreement_min", "relative_change", "pearson", "spearman", "p_pearson", "p_spearman", "n_kds",
+    "n_zero_norm",
+)
+
+
+# ---------------------------------------------------------------- similarity and clustering helpers
+
+
+def cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity from an inner-product Gram, and the mask of zero-norm rows (their similarity is 0)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"the Jacobian Gram must be square; got shape {gram.shape}")
+    if not np.all(np.isfinite(gram)):
+        raise ValueError("the Jacobian Gram holds non-finite entries")
+    diag = np.diag(gram).copy()
+    zero = ~(diag > 0)
+    norms = np.sqrt(np.where(zero, 1.0, diag))
+    sim = gram / norms[:, None] / norms[None, :]
+    sim[zero, :] = 0.0
+    sim[:, zero] = 0.0
+    sim = np.clip((sim + sim.T) / 2, -1.0, 1.0)
+    return sim, zero
+
+
+def gram_embedding(sim: np.ndarray) -> np.ndarray:
+    """Rows whose inner products are ``sim`` (PSD, clipped at 0): equal to the unit rows up to a rotation, so
+    their squared distances are ``2(1 − cos)`` and Ward on them is Ward on cosine distance."""
+    values, vectors = np.linalg.eigh((sim + sim.T) / 2)
+    return vectors * np.sqrt(np.clip(values, 0.0, None))[None, :]
+
+
+def ward_labels(points: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Ward clustering (scipy ``linkage(method='ward')`` + ``fcluster(maxclust=n_clusters)``), labels 1 … n."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape[0] < 2:
+        return np.ones(points.shape[0], dtype=int)
+    return np.asarray(fcluster(linkage(points, method="ward"), t=n_clusters, criterion="maxclust"), dtype=int)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def upper(matrix: np.ndarray) -> np.ndarray:
+    """The strict upper triangle of a square matrix, row by row."""
+    return matrix[np.triu_indices(matrix.shape[0], 1)]
+
+
+def svd_share(gram: np.ndarray, components: int) -> float:
+    """Share of the top ``components`` squared singular values of the stacked (flattened) matrices whose inner
+    Gram is ``gram``: its top eigenvalues over its trace (exact without holding the matrices)."""
+    values = np.clip(np.linalg.eigvalsh((gram + gram.T) / 2), 0.0, None)[::-1]
+    total = float(values.sum())
+    return float(values[:components].sum() / total) if total > 0 else float("nan")
+
+
+# ---------------------------------------------------------------- permutation and bootstrap engines
+
+
+def _symmetric_from_upper(values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, n))
+    i, j = np.triu_indices(n, 1)
+    out[i, j] = values
+    out[j, i] = values
+    return out
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    centred = values - values.mean()
+    norm = np.sqrt(np.sum(centred**2))
+    return centred / norm if norm > 0 else np.full_like(values, np.nan)
+
+
+def permuted_dots(a: np.ndarray, b: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """``Σ_ij a_k[π_i, π_j] · b_k[i, j]`` for every permutation row ``π`` of ``perms`` and every pair of
+    matrices ``(a_k, b_k)`` (``a``, ``b``: ``(K, n, n)``; 2-d: one pair) — ``(P, K)`` (``(P,)`` for 2-d).
+
+    In chunks of permutations; one flat index array serves all ``K`` matrices, and each sum is a BLAS
+    matrix-vector product."""
+    flat = a.ndim == 2
+    a3, b3 = (a[None], b[None]) if flat else (a, b)
+    n = a3.shape[1]
+    a_flat, b_flat = a3.reshape(a3.shape[0], -1), b3.reshape(b3.shape[0], -1)
+    out = np.empty((perms.shape[0], a3.shape[0]))
+    step = max(1, CHUNK_ELEMENTS // max(1, n * n))
+    for start in range(0, perms.shape[0], step):
+        block = perms[start : start + step]
+        index = (block[:, :, None] * n + block[:, None, :]).reshape(block.shape[0], -1)
+        for k in range(a3.shape[0]):
+            out[start : start + step, k] = a_flat[k].take(index) @ b_flat[k]
+    return out[:, 0] if flat else out
+
+
+def upper_p(observed: float, null: np.ndarray) -> float:
+    """One-sided permutation p, (1 + #null ≥ observed) / (n + 1), with a relative float tolerance."""
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    if not np.isfinite(observed) or null.size == 0:
+        return float("nan")
+    tol = 1e-10 * max(1.0, abs(observed))
+    return float((1 + np.count_nonzero(null >= observed - tol)) / (null.size + 1))
+
+
+@dataclass(frozen=True)
+class Mantel:
+    """Correlations of two similarity matrices' upper triangles and their one-sided Mantel p."""
+
+    pearson: float
+    spearman: float
+    p_pearson: float
+    p_spearman: float
+    null_pearson: np.ndarray  # Pearson r under the permutations (empty when undefined)
+
+
+def mantel(x_sim: np.ndarray, y_sim: np.ndarray, rng: np.random.Generator, permutations: int) -> Mantel:
+    """Pearson and Spearman r of the upper triangles; Mantel null: permute the knockdown labels of ``x_sim``.
+
+    The multiset of upper-triangle values (hence their mean, sd and ranks) is
+    unchanged by a relabelling, so each null r is one dot product of
+    standardised (rank) matrices. Spearman ranks are averaged over ties.
+    """
+    n = x_sim.shape[0]
+    x, y = upper(x_sim), upper(y_sim)
+    pearson = float(stats.pearsonr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+    spearman = float(stats.spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+    if not (np.isfinite(pearson) and np.isfinite(spearman)):
+        return Mantel(pearson, spearman, float("nan"), float("nan"), np.array([]))
+    perms = np.argsort(rng.random((permutations, n)), axis=1)
+    xs = np.stack([_symmetric_from_upper(_standardised(v), n) for v in (x, stats.rankdata(x))])
+    ys = np.stack([_symmetric_from_upper(_standardised(v), n) for v in (y, stats.rankdata(y))])
+    null = permuted_dots(xs, ys, perms) / 2
+    observed = np.sum(xs * ys, axis=(1, 2)) / 2
+    ps = [upper_p(float(observed[k]), null[:, k]) for k in range(2)]
+    return Mantel(pearson, spearman, ps[0], ps[1], null[:, 0])
+
+
+def _quadratic(counts: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``c_b^T M c_b`` for every row ``c_b`` of ``counts``."""
+    return np.einsum("bi,bi->b", counts @ matrix, counts)
+
+
+def bootstrap_draw_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """``(n_boot, n)`` multiplicities of each knockdown in resamples of ``n`` draws with replacement."""
+    draws = rng.integers(0, n, size=(n_boot, n))
+    offsets = (np.arange(n_boot) * n)[:, None]
+    return np.bincount((draws + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def _corr_from_moments(
+    total: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray
+) -> np.ndarray:
+    """Pearson r from weighted sums (total weight, Σwx, Σwy, Σwx², Σwy², Σwxy); NaN where a variance is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxy - sx * sy / total
+        var = (sxx - sx**2 / total) * (syy - sy**2 / total)
+        return np.where(var > 0, cov / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+
+
+def _sorted_weighted_ranks(sorted_values: np.ndarray, w_sorted: np.ndarray) -> np.ndarray:
+    """Average ranks, in sorted order, of values held ``w_sorted[b, i]`` times by resample ``b`` (ties averaged)."""
+    new_group = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    if new_group.all():  # no ties among the original values: each value is its own group
+        return np.cumsum(w_sorted, axis=1) - (w_sorted - 1) / 2
+    starts = np.flatnonzero(new_group)
+    group_w = np.add.reduceat(w_sorted, starts, axis=1)
+    group_rank = np.cumsum(group_w, axis=1) - (group_w - 1) / 2
+    return group_rank[:, np.cumsum(new_group) - 1]
+
+
+def bootstrap_correlations(
+    x_sim: np.ndarray, y_sim: np.ndarray, rng: np.random.Generator, n_boot: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap over knockdowns of the Pearson and Spearman r of the upper triangles.
+
+    A resample draws ``n`` knockdowns with replacement; its pairs are the pairs
+    of distinct draws that are different knockdowns, so original pair ``(i, j)``
+    enters ``c_i · c_j`` times (``c``: draw counts). Pearson's weighted sums are
+    quadratic forms ``cᵀ M c``; Spearman ranks each resample's own values
+    (duplicates tie, average ranks), computed from the original sort order.
+    """
+    n = x_sim.shape[0]
+    x, y = upper(x_sim), upper(y_sim)
+    counts = bootstrap_draw_counts(rng, n, n_boot)
+    off = 1.0 - np.eye(n)
+    xs, ys = x_sim * off, y_sim * off
+    moments = [_quadratic(counts, m) / 2 for m in (off, xs, ys, xs * xs, ys * ys, xs * ys)]
+    pearson = _corr_from_moments(*moments)
+    i, j = np.triu_indices(n, 1)
+    order_x, order_y = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
+    x_sorted, y_sorted = x[order_x], y[order_y]
+    ix, jx, iy, jy = i[order_x], j[order_x], i[order_y], j[order_y]
+    y_to_x = np.argsort(order_y, kind="stable")[order_x]  # position in y order of each pair in x order
+    spearman = np.empty(n_boot)
+    step = max(1, CHUNK_ELEMENTS // max(1, x.size))
+    for start in range(0, n_boot, step):
+        c = counts[start : start + step]
+        wx = c[:, ix] * c[:, jx]
+        rx = _sorted_weighted_ranks(x_sorted, wx)
+        ry = _sorted_weighted_ranks(y_sorted, c[:, iy] * c[:, jy])[:, y_to_x]
+        wrx, wry = wx * rx, wx * ry
+        spearman[start : start + step] = _corr_from_moments(
+            wx.sum(axis=1), wrx.sum(axis=1), wry.sum(axis=1), np.einsum("bm,bm->b", wrx, rx),
+            np.einsum("bm,bm->b", wry, ry), np.einsum("bm,bm->b", wrx, ry))
+    return pearson, spearman
+
+
+def percentile_ci(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of the finite draws (NaN, NaN without any)."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return (float("nan"), float("nan"))
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def adjusted_rand_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Adjusted Rand index of each row of ``a`` (``(B, n)`` labels) against the labelling ``b`` (``(n,)``)."""
+    a = np.atleast_2d(a)
+    _, a_codes = np.unique(a, return_inverse=True)
+    a_codes = a_codes.reshape(a.shape)
+    _, b_codes = np.unique(b, return_inverse=True)
+    na, nb, n = int(a_codes.max()) + 1, int(b_codes.max()) + 1, a.shape[1]
+    cells = na * nb
+    flat = a_codes * nb + b_codes[None, :] + (np.arange(a.shape[0]) * cells)[:, None]
+    table = np.bincount(flat.ravel(), minlength=a.shape[0] * cells).reshape(a.shape[0], na, nb).astype(float)
+    comb = table * (table - 1) / 2
+    index = comb.sum(axis=(1, 2))
+    rows = table.sum(axis=2)
+    cols = table.sum(axis=1)
+    sum_a = (rows * (rows - 1) / 2).sum(axis=1)
+    sum_b = (cols * (cols - 1) / 2).sum(axis=1)
+    expected = sum_a * sum_b / (n * (n - 1) / 2)
+    maximum = (sum_a + sum_b) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(maximum != expected, (index - expected) / (maximum - expected), 1.0)
+
+
+# ---------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True)
+class RoutingSelection:
+    """The knockdowns a routing analysis uses, ordered by ΔY cluster then by decreasing ‖ΔY‖."""
+
+    index: np.ndarray  # rows of the inputs
+    clusters: np.ndarray  # ΔY Ward cluster of each selected KD (clustering over all KDs)
+    magnitude: np.ndarray  # ‖ΔY‖ of each selected KD
+    jacobian_similarity: np.ndarray  # selected × selected Jacobian cosine
+    delta_y_similarity: np.ndarray  # selected × selected ΔY cosine
+    gram: np.ndarray  # selected × selected inner-product Gram
+    n_zero_norm: int
+    n_clusters: int
+
+
+def select_routing(
+    delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], params: RoutingParams
+) -> RoutingSelection:
+    """Cluster ΔY (Ward, cosine) over all KDs; drop KDs with a zero-norm Jacobian; select ('top' or 'all')."""
+    delta_y = np.asarray(delta_y, dtype=np.float64)
+    gram = np.asarray(jacobian_gram, dtype=np.float64)
+    if delta_y.ndim != 2 or gram.shape != (delta_y.shape[0], delta_y.shape[0]):
+        raise ValueError(f"delta_y {delta_y.shape} and jacobian_gram {gram.shape} do not describe the same KDs")
+    if len(names) != delta_y.shape[0]:
+        raise ValueError(f"{len(names)} names for {delta_y.shape[0]} knockdowns")
+    if not np.all(np.isfinite(delta_y)):
+        raise ValueError("delta_y holds non-finite entries")
+    jac_sim, zero = cosine_from_gram(gram)
+    unit = unit_rows(delta_y)
+    clusters = ward_labels(unit, params.n_clusters)
+    magnitude = np.linalg.norm(delta_y, axis=1)
+    usable = np.flatnonzero(~zero)
+    if params.selection == "top":
+        chosen = [
+            members[np.argsort(-magnitude[members], kind="stable")[: params.top_per_cluster]]
+            for members in (usable[clusters[usable] == c] for c in np.unique(clusters[usable]))
+        ]
+        index = np.concatenate(chosen) if chosen else np.array([], dtype=int)
+    else:
+        index = usable
+    index = index[np.lexsort((-magnitude[index], clusters[index]))]
+    block = np.ix_(index, index)
+    return RoutingSelection(
+        index=index, clusters=clusters[index], magnitude=magnitude[index], jacobian_similarity=jac_sim[block],
+        delta_y_similarity=(unit @ unit.T)[block], gram=gram[block], n_zero_norm=int(zero.sum()),
+        n_clusters=int(np.unique(clusters).size),
+    )
+
+
+# ---------------------------------------------------------------- cluster statistics
+
+
+def _same_cluster_mean(sim: np.ndarray, same: np.ndarray, perms: np.ndarray | None = None) -> np.ndarray:
+    off = sim - np.diag(np.diag(sim))
+    pairs = same.sum() - same.shape[0]
+    mask = same.astype(float) - np.eye(same.shape[0])
+    if perms is None:
+        return np.array([np.sum(off * mask) / pairs])
+    return permuted_dots(off, mask, perms) / pairs
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """Same- vs different-cluster Jacobian similarity, its permutation p and bootstrap CI; ARI and its p."""
+
+    same: float
+    diff: float
+    ratio: float
+    p_ratio: float
+    ratio_ci: tuple[float, float]
+    jacobian_clusters: np.ndarray
+    ari: float
+    p_ari: float
+
+
+def cluster_stats(
+    jac_sim: np.ndarray, clusters: np.ndarray, n_clusters: int, rng: np.random.Generator, params: RoutingParams,
+) -> ClusterStats:
+    """Same/different-cluster means over pairs of distinct KDs; label-permutation p for the ratio and the ARI.
+
+    Permuting cluster labels keeps the cluster sizes, so the number of
+    same-cluster pairs and the total similarity are fixed: the same-cluster mean
+    is the test statistic, equivalent to same − different (and to the ratio when
+    the total is positive).
+    """
+    n = jac_sim.shape[0]
+    nan = float("nan")
+    same = clusters[:, None] == clusters[None, :]
+    n_same, n_pairs = (same.sum() - n) / 2, n * (n - 1) / 2
+    jac_clusters = ward_labels(gram_embedding(jac_sim), n_clusters)
+    ari = float(adjusted_rand_score(clusters, jac_clusters))
+    perms = np.argsort(rng.random((params.permutations, n)), axis=1)
+    p_ari = upper_p(ari, adjusted_rand_rows(jac_clusters[perms], clusters))
+    if n_same == 0 or n_same == n_pairs:
+        return ClusterStats(nan, nan, nan, nan, (nan, nan), jac_clusters, ari, p_ari)
+    off = jac_sim - np.diag(np.diag(jac_sim))
+    total = off.sum() / 2
+    same_mean = float(_same_cluster_mean(jac_sim, same)[0])
+    diff_mean = float((total - same_mean * n_same) / (n_pairs - n_same))
+    null = _same_cluster_mean(jac_sim, same, perms)
+    p_ratio = upper_p(same_mean, null)
+    # bootstrap over KDs: pair (i, j) of different KDs enters c_i c_j times → quadratic forms
+    counts = bootstrap_draw_counts(rng, n, params.bootstrap)
+    mask_same = same.astype(float) - np.eye(n)
+    mask_diff = (~same).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio_draws = ((_quadratic(counts, off * mask_same) / _quadratic(counts, mask_same))
+                       / (_quadratic(counts, off * mask_diff) / _quadratic(counts, mask_diff)))
+    ratio = same_mean / diff_mean if diff_mean != 0 else nan
+    return ClusterStats(same_mean, diff_mean, ratio, p_ratio, percentile_ci(ratio_draws), jac_clusters, ari, p_ari)
+
+
+# ---------------------------------------------------------------- probes
+
+
+@dataclass(frozen=True)
+class Coherence:
+    """Routing coherence of one selection: Mantel correlations and their bootstrap draws."""
+
+    mantel: Mantel
+    pearson_draws: np.ndarray
+    spearman_draws: np.ndarray
+
+
+def coherence(sel: RoutingSelection, rng: np.random.Generator, permutations: int, bootstrap: int) -> Coherence:
+    """Mantel test and KD bootstrap of the correlation between Jacobian and ΔY cosine (selected KDs)."""
+    test = mantel(sel.jacobian_similarity, sel.delta_y_similarity, rng, permutations)
+    pearson, spearman = bootstrap_correlations(sel.jacobian_similarity, sel.delta_y_similarity, rng, bootstrap)
+    return Coherence(test, pearson, spearman)
+
+
+def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
+    if n >= params.min_kds:
+        return None
+    return f"{n} knockdowns with a non-zero Jacobian selected; at least {params.min_kds} are needed"
+
+
+@probe(
+    "routing_coherence",
+    params=RoutingParams,
+    axes=("model", "cell_line"),
+    metrics=ROUTING_METRICS,
+    effect="pearson",
+    p="p_pearson",
+)
+def routing_coherence(
+    *, delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], params: RoutingParams,
+    rng: np.random.Generator,
+) -> ProbeResult:
+    """Correlation of Jacobian and ΔY cosine similarities over knockdowns, with cluster ratio, ARI and SVD share.
+
+    ``delta_y`` is (K, G) cell-averaged ΔY per knockdown, ``jacobian_gram`` the
+    (K, K) inner-product Gram ``⟨J_a, J_b⟩_F`` of ``J_k = ∂Ȳ/∂r`` at ``r_k``,
+    ``names`` the K knockdowns. ΔY is Ward-clustered (cosine) over all K; KDs
+    with a zero-norm Jacobian are dropped (``n_zero_norm``); ``selection``
+    'top' keeps the ``top_per_cluster`` largest-‖ΔY‖ KDs per cluster. Effect:
+    ``pearson`` of the upper triangles (``spearman`` beside it), one-sided
+    Mantel p; CIs bootstrap knockdowns. ``same_diff_ratio``: mean Jacobian
+    cosine of same- over different-ΔY-cluster pairs, ``p_ratio`` by cluster-label
+    permutation; ``ari``: Ward clusters of the Jacobians vs of ΔY, ``p_ari`` by
+    label permutation; ``svd_share``: top ``svd_components`` squared singular
+    values of the stacked selected Jacobians over their total.
+    """
+    sel = select_routing(delta_y, jacobian_gram, names, params)
+    n = int(sel.index.size)
+    base = dict.fromkeys(ROUTING_METRICS, float("nan")) | {
+        "n_kds": n, "n_clusters": sel.n_clusters, "n_zero_norm": sel.n_zero_norm}
+    reason = _too_few(n, params)
+    if reason is not None:
+        return ProbeResult(metrics=base, inconclusive=reason)
+    coh = coherence(sel, rng, params.permutations, params.bootstrap)
+    clus = cluster_stats(sel.jacobian_similarity, sel.clusters, params.n_clusters, rng, params)
+    metrics = base | {
+        "pearson": coh.mantel.pearson, "spearman": coh.mantel.spearman, "p_pearson": coh.mantel.p_pearson,
+        "p_spearman": coh.mantel.p_spearman, "same_cluster_similarity": clus.same,
+        "diff_cluster_similarity": clus.diff, "same_diff_ratio": clus.ratio, "p_ratio": clus.p_ratio,
+        "ari": clus.ari, "p_ari": clus.p_ari, "svd_share": svd_share(sel.gram, params.svd_components),
+    }
+    cis = {"pearson": percentile_ci(coh.pearson_draws), "spearman": percentile_ci(coh.spearman_draws),
+           "same_diff_ratio": clus.ratio_ci}
+    table = pd.DataFrame({
+        "name": [names[i] for i in sel.index], "cluster": sel.clusters, "delta_y_norm": sel.magnitude,
+        "jacobian_cluster": clus.jacobian_clusters,
+    })
+    arrays = {"similarity": sel.jacobian_similarity, "groups": sel.clusters,
+              "jacobian": upper(sel.jacobian_similarity), "delta_y": upper(sel.delta_y_similarity),
+              "observed": np.array([coh.mantel.pearson])}
+    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=coh.mantel.null_pearson,
+                       tables={"knockdowns": table})
+
+
+def two_sided_bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided p of 'the statistic is 0' from its bootstrap draws: 2 · min tail share, +1-corrected, ≤ 1."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return float("nan")
+    tail = min(np.count_nonzero(draws <= 0), np.count_nonzero(draws >= 0))
+    return float(min(1.0, 2 * (1 + tail) / (draws.size + 1)))
+
+
+@probe(
+    "routing_coherence_difference",
+    params=DifferenceParams,
+    axes=(),
+    metrics=DIFFERENCE_METRICS,
+    effect="difference",
+    p="p_difference",
+)
+def routing_coherence_difference(
+    *, delta_y_a: np.ndarray, jacobian_gram_a: np.ndarray, names_a: Sequence[str],
+    delta_y_b: np.ndarray, jacobian_gram_b: np.ndarray, names_b: Sequence[str],
+    params: DifferenceParams, rng: np.random.Generator,
+) -> ProbeResult:
+    """Routing coherence of model A minus model B ("a backbone property": fewshot and zeroshot alike).
+
+    Each model's knockdowns are selected as in ``routing_coherence`` with the
+    same parameters. ``difference`` = pearson_a − pearson_b (and
+    ``spearman_difference``); its CI and two-sided ``p_difference`` come from a
+    bootstrap that resamples each model's selected knockdowns independently
+    (percentile CI; p = twice the smaller share of draws on either side of 0).
+    This needs no pairing, so it is valid whether the selections share
+    knockdowns or not; where they share knockdowns and the two estimates are
+    positively correlated, ignoring that correlation overstates the variance of
+    the difference, so the test errs conservative. The KD bootstrap of a
+    pairwise statistic is itself conservative (``probes.routing_calibration``:
+    its FPR under equal coherence is far below alpha), so the CI of
+    ``difference`` is wider than nominal. ``p_a`` / ``p_b``: each model's
+    one-sided Mantel p for its own coherence. With ``equivalence_margin`` m,
+    a CI that covers 0 yet reaches past ± m is inconclusive: such data could
+    not have shown the models alike.
+    """
+    sel_a = select_routing(delta_y_a, jacobian_gram_a, names_a, params)
+    sel_b = select_routing(delta_y_b, jacobian_gram_b, names_b, params)
+    metrics = dict.fromkeys(DIFFERENCE_METRICS, float("nan")) | {
+        "n_kds_a": sel_a.index.size, "n_kds_b": sel_b.index.size}
+    reasons = [f"model {which}: {r}" for which, sel in (("A", sel_a), ("B", sel_b))
+               if (r := _too_few(int(sel.index.size), params)) is not None]
+    if reasons:
+        return ProbeResult(metrics=metrics, inconclusive="; ".join(reasons))
+    a = coherence(sel_a, rng, params.permutations, params.bootstrap)
+    b = coherence(sel_b, rng, params.permutations, params.bootstrap)
+    diff_draws = a.pearson_draws - b.pearson_draws
+    spearman_draws = a.spearman_draws - b.spearman_draws
+    metrics |= {
+        "pearson_a": a.mantel.pearson, "pearson_b": b.mantel.pearson, "spearman_a": a.mantel.spearman,
+        "spearman_b": b.mantel.spearman, "difference": a.mantel.pearson - b.mantel.pearson,
+        "spearman_difference": a.mantel.spearman - b.mantel.spearman,
+        "p_difference": two_sided_bootstrap_p(diff_draws),
+        "p_spearman_difference": two_sided_bootstrap_p(spearman_draws),
+        "p_a": a.mantel.p_pearson, "p_b": b.mantel.p_pearson,
+    }
+    cis = {"difference": percentile_ci(diff_draws), "spearman_difference": percentile_ci(spearman_draws),
+           "pearson_a": percentile_ci(a.pearson_draws), "pearson_b": percentile_ci(b.pearson_draws),
+           "spearman_a": percentile_ci(a.spearman_draws), "spearman_b": percentile_ci(b.spearman_draws)}
+    low, high = cis["difference"]
+    margin = params.equivalence_margin
+    undecided = margin is not None and low <= 0 <= high and (low < -margin or high > margin)
+    reason = (f"the difference's CI [{low:.3g}, {high:.3g}] covers 0 but reaches past ± {margin:g}: these data "
+              "cannot tell the models alike from different" if undecided else None)
+    return ProbeResult(metrics=metrics, cis=cis, arrays={"difference_bootstrap": diff_draws}, inconclusive=reason)
+
+
+@probe(
+    "routing_stability",
+    params=StabilityParams,
+    axes=("model", "cell_line"),
+    metrics=STABILITY_METRICS,
+    effect="agreement",
+)
+def routing_stability(
+    *, jacobians: np.ndarray, reference_jacobians: np.ndarray, delta_y: np.ndarray, params: StabilityParams,
+    rng: np.random.Generator, cell_counts: Sequence[int] | None = None, convergence: np.ndarray | None = None,
+) -> ProbeResult:
+    """Agreement of held Jacobians with those at a reference cell sample / count, and routing coherence here.
+
+    ``jacobians`` and ``reference_jacobians`` are (k, G, H) for the same
+    knockdowns at this case's setting and at the reference; ``delta_y`` (k, G)
+    at this setting. ``agreement``: mean over KDs of the cosine between ``J_k``
+    and ``J_k^ref`` (``agreement_min`` the smallest; CI bootstraps KDs);
+    ``relative_change``: mean ``‖J_k − J_k^ref‖_F / ‖J_k^ref‖_F``. ``pearson`` /
+    ``spearman`` / ``p_pearson``: routing coherence of these KDs at this setting
+    (as ``routing_coherence``, without selection). KDs with a zero-norm Jacobian
+    at either setting are left out (``n_zero_norm``). ``cell_counts`` and
+    ``convergence`` are passed through for the convergence plot.
+    """
+    held = np.asarray(jacobians, dtype=np.float64)
+    ref = np.asarray(reference_jacobians, dtype=np.float64)
+    dy = np.asarray(delta_y, dtype=np.float64)
+    if held.shape != ref.shape or held.ndim < 2 or dy.ndim != 2 or dy.shape[0] != held.shape[0]:
+        raise ValueError(f"jacobians {held.shape}, reference_jacobians {ref.shape} and delta_y {dy.shape} "
+                         "do not describe the same knockdowns")
+    flat, flat_ref = held.reshape(held.shape[0], -1), ref.reshape(ref.shape[0], -1)
+    norm, norm_ref = np.linalg.norm(flat, axis=1), np.linalg.norm(flat_ref, axis=1)
+    keep = (norm > 0) & (norm_ref > 0)
+    n = int(keep.sum())
+    agreement = np.einsum("ij,ij->i", flat[keep], flat_ref[keep]) / (norm[keep] * norm_ref[keep])
+    change = np.linalg.norm(flat[keep] - flat_ref[keep], axis=1) / norm_ref[keep]
+    metrics = dict.fromkeys(STABILITY_METRICS, float("nan")) | {"n_kds": n, "n_zero_norm": held.shape[0] - n}
+    arrays: dict[str, np.ndarray] = {"cosine": agreement}
+    if cell_counts is not None and convergence is not None:
+        arrays |= {"cell_counts": np.asarray(cell_counts, dtype=float), "convergence": np.asarray(convergence)}
+    reason = _too_few(n, params)
+    if reason is not None:
+        return ProbeResult(metrics=metrics, arrays=arrays, inconclusive=reason)
+    gram = flat[keep] @ flat[keep].T
+    jac_sim, _ = cosine_from_gram(gram)
+    dy_sim = cosine_matrix(dy[keep])
+    test = mantel(jac_sim, dy_sim, rng, params.permutations)
+    pearson_draws, spearman_draws = bootstrap_correlations(jac_sim, dy_sim, rng, params.bootstrap)
+    metrics |= {
+        "agreement": float(agreement.mean()), "agreement_min": float(agreement.min()),
+        "relative_change": float(change.mean()), "pearson": test.pearson, "spearman": test.spearman,
+        "p_pearson": test.p_pearson, "p_spearman": test.p_spearman,
+    }
+    cis = {"agreement": bootstrap_mean_ci(agreement, rng, params.bootstrap),
+           "pearson": percentile_ci(pearson_draws), "spearman": percentile_ci(spearman_draws)}
+    arrays |= {"jacobian": upper(jac_sim), "delta_y": upper(dy_sim)}
+    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays)

@@ -1,0 +1,351 @@
+"""Known answers for NB05–NB10 routing: cosine from the Gram, upper-triangle correlations, Mantel and label
+permutations, KD bootstrap, Ward selection, ARI, SVD share, the difference and the stability probes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import adjusted_rand_score
+
+from hypocheck.plots import PlotInfo, render_all
+from hypocheck.registry import get_probe
+from probes.routing import (
+    DifferenceParams,
+    RoutingParams,
+    StabilityParams,
+    adjusted_rand_rows,
+    bootstrap_correlations,
+    cosine_from_gram,
+    gram_embedding,
+    mantel,
+    routing_coherence,
+    routing_coherence_difference,
+    routing_stability,
+    unit_rows,
+    upper,
+    ward_labels,
+)
+
+FAST = {"permutations": 199, "bootstrap": 200}
+
+
+def clustered_world(seed: int, n_clusters: int = 4, per_cluster: int = 6, genes: int = 30, spread: float = 0.15):
+    """ΔY in well-separated clusters (program + small noise, magnitudes spread), and the true labels."""
+    rng = np.random.default_rng(seed)
+    programs = rng.normal(size=(n_clusters, genes)) * 3
+    labels = np.repeat(np.arange(n_clusters), per_cluster)
+    scale = rng.uniform(0.5, 3.0, size=labels.size)
+    delta_y = (programs[labels] + spread * rng.normal(size=(labels.size, genes)) * 3) * scale[:, None]
+    return delta_y, labels
+
+
+def jacobians_like(delta_y: np.ndarray, rng: np.random.Generator, noise: float, hidden: int = 4) -> np.ndarray:
+    """Explicit Jacobians (K, G, H) whose flattened rows are ΔY's unit direction ⊗ a shared vector, plus noise."""
+    k, g = delta_y.shape
+    shared = rng.normal(size=hidden)
+    base = unit_rows(delta_y)[:, :, None] * shared[None, None, :]
+    return base + noise * rng.normal(size=(k, g, hidden)) / math.sqrt(g * hidden)
+
+
+def gram_of(jacobians: np.ndarray) -> np.ndarray:
+    flat = jacobians.reshape(jacobians.shape[0], -1)
+    return flat @ flat.T
+
+
+def names(k: int) -> list[str]:
+    return [f"kd{i}" for i in range(k)]
+
+
+def run(delta_y, gram, seed=0, **kw):
+    params = RoutingParams(**(FAST | kw))
+    return routing_coherence(delta_y=delta_y, jacobian_gram=gram, names=names(delta_y.shape[0]), params=params,
+                             rng=np.random.default_rng(seed))
+
+
+def test_registered_with_declared_metrics() -> None:
+    spec = get_probe("routing_coherence")
+    assert (spec.effect, spec.p, spec.axes) == ("pearson", "p_pearson", ("model", "cell_line"))
+    assert {"pearson", "spearman", "p_spearman", "same_diff_ratio", "p_ratio", "ari", "p_ari", "svd_share",
+            "n_zero_norm"} <= set(spec.metrics)
+    diff = get_probe("routing_coherence_difference")
+    assert (diff.effect, diff.p, diff.axes) == ("difference", "p_difference", ())
+    assert get_probe("routing_stability").effect == "agreement"
+    with pytest.raises(Exception, match="extra"):
+        RoutingParams(unknown=1)  # type: ignore[call-arg]
+
+
+def test_cosine_from_gram_normalises_and_zeroes_null_rows() -> None:
+    j = np.array([[3.0, 4.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [-6.0, -8.0, 0.0]])
+    sim, zero = cosine_from_gram(j @ j.T)
+    np.testing.assert_array_equal(zero, [False, False, True, False])
+    expected = np.array([[1, 0.8, 0, -1], [0.8, 1, 0, -0.8], [0, 0, 0, 0], [-1, -0.8, 0, 1]])
+    np.testing.assert_allclose(sim, expected, atol=1e-12)
+
+
+def test_gram_embedding_reproduces_cosine_distances() -> None:
+    rng = np.random.default_rng(3)
+    rows = unit_rows(rng.normal(size=(9, 20)))
+    emb = gram_embedding(rows @ rows.T)
+    d_emb = ((emb[:, None] - emb[None]) ** 2).sum(-1)
+    d_rows = ((rows[:, None] - rows[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(d_emb, d_rows, atol=1e-10)
+    assert adjusted_rand_score(ward_labels(emb, 3), ward_labels(rows, 3)) == 1.0
+
+
+def test_correlations_equal_scipy_on_the_explicit_upper_triangles() -> None:
+    rng = np.random.default_rng(0)
+    delta_y, _ = clustered_world(1)
+    jac = jacobians_like(delta_y, rng, noise=1.5)
+    res = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5)
+    flat = jac.reshape(jac.shape[0], -1)
+    x = upper(unit_rows(flat) @ unit_rows(flat).T)
+    y = upper(unit_rows(delta_y) @ unit_rows(delta_y).T)
+    assert res.metrics["n_kds"] == delta_y.shape[0]
+    assert res.metrics["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert res.metrics["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert 0.2 < res.metrics["pearson"] < 0.99  # noisy but related: a real test of the numbers above
+    # the scatter arrays are the same two triangles (any KD order gives the same pairs)
+    assert res.arrays["jacobian"].shape == res.arrays["delta_y"].shape == x.shape
+    assert stats.pearsonr(res.arrays["jacobian"], res.arrays["delta_y"]).statistic == pytest.approx(
+        res.metrics["pearson"], abs=1e-12)
+
+
+def naive_mantel_p(x_sim, y_sim, perms, spearman=False):
+    corr = stats.spearmanr if spearman else stats.pearsonr
+    obs = corr(upper(x_sim), upper(y_sim)).statistic
+    null = [corr(upper(x_sim[np.ix_(p, p)]), upper(y_sim)).statistic for p in perms]
+    return (1 + sum(v >= obs - 1e-12 for v in null)) / (len(perms) + 1)
+
+
+def test_mantel_p_matches_a_naive_permutation_loop() -> None:
+    rng = np.random.default_rng(5)
+    a = unit_rows(rng.normal(size=(10, 6)))
+    b = unit_rows(a + 0.8 * rng.normal(size=a.shape))
+    x_sim, y_sim = a @ a.T, b @ b.T
+    res = mantel(x_sim, y_sim, np.random.default_rng(9), 300)
+    perms = np.argsort(np.random.default_rng(9).random((300, 10)), axis=1)
+    assert res.p_pearson == pytest.approx(naive_mantel_p(x_sim, y_sim, perms))
+    assert res.p_spearman == pytest.approx(naive_mantel_p(x_sim, y_sim, perms, spearman=True))
+    assert res.p_pearson < 0.2
+
+
+def naive_bootstrap(x_sim, y_sim, draws):
+    """Per resample: correlate the pairs of distinct draws that are different KDs (the definition)."""
+    out_p, out_s = [], []
+    for d in draws:
+        a, b = np.triu_indices(d.size, 1)
+        keep = d[a] != d[b]
+        xs, ys = x_sim[d[a][keep], d[b][keep]], y_sim[d[a][keep], d[b][keep]]
+        out_p.append(stats.pearsonr(xs, ys).statistic)
+        out_s.append(stats.spearmanr(xs, ys).statistic)
+    return np.array(out_p), np.array(out_s)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_bootstrap_matches_explicit_resamples(ties: bool) -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(9, 5)), rng.normal(size=(9, 5))
+    x_sim, y_sim = unit_rows(a) @ unit_rows(a).T, unit_rows(a + b) @ unit_rows(a + b).T
+    if ties:
+        x_sim, y_sim = np.round(x_sim, 1), np.round(y_sim, 1)
+    pearson, spearman = bootstrap_correlations(x_sim, y_sim, np.random.default_rng(4), 40)
+    draws = np.random.default_rng(4).integers(0, 9, size=(40, 9))
+    exp_p, exp_s = naive_bootstrap(x_sim, y_sim, draws)
+    np.testing.assert_allclose(pearson, exp_p, atol=1e-10)
+    np.testing.assert_allclose(spearman, exp_s, atol=1e-10)
+
+
+def test_adjusted_rand_rows_matches_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    b = rng.integers(0, 4, 30)
+    a = rng.integers(0, 5, (6, 30))
+    a[0] = b  # identical → 1
+    a[1] = (b + 1) % 4  # relabelled → 1
+    expected = [adjusted_rand_score(row, b) for row in a]
+    np.testing.assert_allclose(adjusted_rand_rows(a, b), expected, atol=1e-12)
+    assert expected[0] == expected[1] == 1.0
+
+
+def test_planted_structure_is_found_and_clusterings_agree() -> None:
+    delta_y, labels = clustered_world(2)
+    unit = unit_rows(delta_y)
+    gram = (unit @ unit.T) * np.outer(np.arange(1, 25), np.arange(1, 25))  # J-sim = ΔY-sim; norms differ
+    res = run(delta_y, gram, selection="all", n_clusters=4, min_kds=5)
+    assert res.metrics["pearson"] == pytest.approx(1.0, abs=1e-12)
+    assert res.metrics["spearman"] == pytest.approx(1.0, abs=1e-12)
+    assert res.metrics["p_pearson"] == pytest.approx(1 / 200)
+    assert res.metrics["ari"] == pytest.approx(1.0)
+    assert res.metrics["p_ari"] == pytest.approx(1 / 200)
+    assert adjusted_rand_score(res.tables["knockdowns"]["cluster"], labels[_order(res)]) == 1.0
+    assert res.metrics["same_cluster_similarity"] - res.metrics["diff_cluster_similarity"] > 0.5
+    assert res.metrics["p_ratio"] == pytest.approx(1 / 200)
+    lo, hi = res.cis["pearson"]
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+
+
+def _order(res) -> np.ndarray:
+    return np.array([int(n[2:]) for n in res.tables["knockdowns"]["name"]])
+
+
+def test_independent_jacobians_are_not_significant() -> None:
+    delta_y, _ = clustered_world(3, n_clusters=4, per_cluster=8)
+    rng = np.random.default_rng(11)
+    jac = rng.normal(size=(delta_y.shape[0], 12))
+    ps = [run(delta_y, jac @ jac.T, seed=s, selection="all", n_clusters=4, min_kds=5).metrics for s in range(3)]
+    assert all(m["p_pearson"] > 0.05 for m in ps)
+    assert abs(ps[0]["pearson"]) < 0.2
+    assert ps[0]["p_ari"] > 0.05
+
+
+def test_same_and_different_cluster_means_by_hand() -> None:
+    delta_y, labels = clustered_world(4, n_clusters=3, per_cluster=4)
+    rng = np.random.default_rng(6)
+    jac = rng.normal(size=(12, 8))
+    res = run(delta_y, jac @ jac.T, selection="all", n_clusters=3, min_kds=5)
+    sim = unit_rows(jac) @ unit_rows(jac).T
+    same = (labels[:, None] == labels[None]) & ~np.eye(12, dtype=bool)
+    diff = labels[:, None] != labels[None]
+    assert res.metrics["same_cluster_similarity"] == pytest.approx(sim[same].mean())
+    assert res.metrics["diff_cluster_similarity"] == pytest.approx(sim[diff].mean())
+    assert res.metrics["same_diff_ratio"] == pytest.approx(sim[same].mean() / sim[diff].mean())
+
+
+def test_top_selection_keeps_the_largest_delta_y_per_cluster_ordered_by_cluster() -> None:
+    delta_y, labels = clustered_world(5, n_clusters=3, per_cluster=6)
+    rng = np.random.default_rng(7)
+    jac = rng.normal(size=(18, 10))
+    jac[0] = 0.0  # zero-norm Jacobian: excluded, counted
+    res = run(delta_y, jac @ jac.T, selection="top", top_per_cluster=2, n_clusters=3, min_kds=5)
+    norms = np.linalg.norm(delta_y, axis=1)
+    expected = set()
+    for c in range(3):
+        members = [i for i in np.flatnonzero(labels == c) if i != 0]
+        expected |= set(sorted(members, key=lambda i: -norms[i])[:2])
+    table = res.tables["knockdowns"]
+    assert set(_order(res)) == expected and res.metrics["n_kds"] == 6 and res.metrics["n_zero_norm"] == 1
+    assert list(table["cluster"]) == sorted(table["cluster"])  # ordered by ΔY cluster
+    for _, block in table.groupby("cluster"):
+        assert list(block["delta_y_norm"]) == sorted(block["delta_y_norm"], reverse=True)
+    assert res.arrays["similarity"].shape == (6, 6)
+    np.testing.assert_array_equal(res.arrays["groups"], table["cluster"])
+
+
+def test_svd_share_equals_numpy_svd_of_the_stacked_jacobians() -> None:
+    rng = np.random.default_rng(8)
+    delta_y, _ = clustered_world(6)
+    jac = jacobians_like(delta_y, rng, noise=5.0, hidden=3)
+    res = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5, svd_components=3)
+    s = np.linalg.svd(jac.reshape(jac.shape[0], -1), compute_uv=False)
+    assert res.metrics["svd_share"] == pytest.approx(np.sum(s[:3] ** 2) / np.sum(s**2), rel=1e-10)
+
+
+def test_deterministic_under_a_seed_and_inconclusive_when_too_few() -> None:
+    delta_y, _ = clustered_world(7)
+    jac = np.random.default_rng(1).normal(size=(24, 6))
+    first, second = (run(delta_y, jac @ jac.T, seed=3, n_clusters=4, top_per_cluster=4) for _ in range(2))
+    assert dict(first.metrics) == dict(second.metrics) and dict(first.cis) == dict(second.cis)
+    third = run(delta_y, jac @ jac.T, seed=4, n_clusters=4, top_per_cluster=4)
+    assert dict(third.cis) != dict(first.cis)
+    few = run(delta_y, jac @ jac.T, n_clusters=4, top_per_cluster=2, min_kds=10)
+    assert few.inconclusive and "8 knockdowns" in few.inconclusive
+    assert math.isnan(few.metrics["pearson"]) and few.metrics["n_kds"] == 8
+
+
+def test_plots_render_for_the_routing_result() -> None:
+    delta_y, _ = clustered_world(8)
+    jac = np.random.default_rng(2).normal(size=(24, 6))
+    res = run(delta_y, jac @ jac.T, selection="all", n_clusters=4, min_kds=5)
+    labels = tuple(str(g) for g in res.arrays["groups"])
+    rendered = dict(render_all(res, PlotInfo(title="routing", metrics=res.metrics, labels=labels)))
+    assert {"similarity heatmap", "Jacobian vs ΔY", "null distribution"} <= set(rendered)
+    assert res.null is not None and res.null.shape == (199,)  # the Mantel null of Pearson r
+    assert np.mean(res.null >= res.metrics["pearson"]) == pytest.approx(
+        res.metrics["p_pearson"] * 200 / 199 - 1 / 199, abs=1e-9)
+    assert all(isinstance(v, bytes) for v in rendered.values())
+
+
+def difference(a, b, seed=0, **kw):
+    params = DifferenceParams(**(FAST | {"selection": "all", "n_clusters": 4, "min_kds": 5} | kw))
+    (dy_a, g_a), (dy_b, g_b) = a, b
+    return routing_coherence_difference(
+        delta_y_a=dy_a, jacobian_gram_a=g_a, names_a=names(dy_a.shape[0]), delta_y_b=dy_b, jacobian_gram_b=g_b,
+        names_b=names(dy_b.shape[0]), params=params, rng=np.random.default_rng(seed))
+
+
+def test_difference_of_identical_models_is_zero_with_a_ci_covering_it() -> None:
+    delta_y, _ = clustered_world(9)
+    jac = jacobians_like(delta_y, np.random.default_rng(3), noise=4.0)
+    res = difference((delta_y, gram_of(jac)), (delta_y, gram_of(jac)))
+    assert res.metrics["difference"] == 0.0 and res.metrics["spearman_difference"] == 0.0
+    lo, hi = res.cis["difference"]
+    assert lo < 0 < hi
+    assert res.metrics["p_difference"] > 0.5
+    assert res.metrics["pearson_a"] == res.metrics["pearson_b"]
+    single = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5)
+    assert res.metrics["pearson_a"] == pytest.approx(single.metrics["pearson"])
+
+
+def test_difference_detects_a_planted_versus_an_unrelated_model() -> None:
+    delta_y, _ = clustered_world(10, per_cluster=8)
+    unit = unit_rows(delta_y)
+    unrelated = np.random.default_rng(4).normal(size=(32, 10))
+    res = difference((delta_y, unit @ unit.T), (delta_y, unrelated @ unrelated.T))
+    assert res.metrics["difference"] > 0.5 and res.metrics["p_difference"] < 0.05
+    assert res.metrics["p_a"] < 0.01 < res.metrics["p_b"]
+    assert res.cis["difference"][0] > 0
+
+
+def test_equivalence_margin_makes_a_wide_ci_inconclusive_not_a_pass() -> None:
+    delta_y, _ = clustered_world(9)
+    jac = jacobians_like(delta_y, np.random.default_rng(3), noise=4.0)
+    same = (delta_y, gram_of(jac))
+    lo, hi = difference(same, same).cis["difference"]
+    assert lo < 0 < hi
+    tight = difference(same, same, equivalence_margin=max(-lo, hi) / 2)
+    assert tight.inconclusive is not None and "cannot tell" in tight.inconclusive
+    loose = difference(same, same, equivalence_margin=max(-lo, hi) * 2)
+    assert loose.inconclusive is None
+    unit = unit_rows(delta_y)
+    unrelated = np.random.default_rng(4).normal(size=(delta_y.shape[0], 10))
+    clear = difference((delta_y, unit @ unit.T), (delta_y, unrelated @ unrelated.T), equivalence_margin=0.01)
+    assert clear.inconclusive is None and clear.cis["difference"][0] > 0  # a clear difference fails, not skips
+
+
+def stability(jac, ref, delta_y, **kw):
+    return routing_stability(jacobians=jac, reference_jacobians=ref, delta_y=delta_y,
+                             params=StabilityParams(**(FAST | {"min_kds": 5})), rng=np.random.default_rng(0), **kw)
+
+
+def test_stability_against_itself_and_a_rescaled_reference() -> None:
+    delta_y, _ = clustered_world(11)
+    jac = jacobians_like(delta_y, np.random.default_rng(5), noise=3.0)
+    same = stability(jac, jac.copy(), delta_y)
+    assert same.metrics["agreement"] == pytest.approx(1.0) and same.metrics["agreement_min"] == pytest.approx(1.0)
+    assert same.metrics["relative_change"] == pytest.approx(0.0, abs=1e-12)
+    halved = stability(0.5 * jac, jac, delta_y)
+    assert halved.metrics["agreement"] == pytest.approx(1.0) and halved.metrics["relative_change"] == pytest.approx(0.5)
+    single = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5)
+    assert same.metrics["pearson"] == pytest.approx(single.metrics["pearson"], abs=1e-12)
+    assert same.metrics["p_pearson"] < 0.05 and same.metrics["n_kds"] == 24
+
+
+def test_stability_agreement_by_hand_and_convergence_pass_through() -> None:
+    rng = np.random.default_rng(6)
+    delta_y, _ = clustered_world(12)
+    ref = rng.normal(size=(24, 5, 3))
+    held = ref + rng.normal(size=ref.shape)
+    res = stability(held, ref, delta_y, cell_counts=[16, 64, 256], convergence=np.array([0.5, 0.8, 1.0]))
+    f, r = held.reshape(24, -1), ref.reshape(24, -1)
+    cos = np.sum(f * r, axis=1) / np.linalg.norm(f, axis=1) / np.linalg.norm(r, axis=1)
+    change = np.linalg.norm(f - r, axis=1) / np.linalg.norm(r, axis=1)
+    assert res.metrics["agreement"] == pytest.approx(cos.mean())
+    assert res.metrics["agreement_min"] == pytest.approx(cos.min())
+    assert res.metrics["relative_change"] == pytest.approx(change.mean())
+    lo, hi = res.cis["agreement"]
+    assert lo < cos.mean() < hi
+    np.testing.assert_array_equal(res.arrays["cell_counts"], [16, 64, 256])
+    rendered = dict(render_all(res, PlotInfo(title="stability", metrics=res.metrics)))
+    assert {"cell-count convergence", "per-knockdown cosine", "Jacobian vs ΔY"} <= set(rendered)
