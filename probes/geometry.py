@@ -1,8 +1,18 @@
 """NB02, the rest: nearest-neighbour pathway purity of pert representations, and cross-model agreement.
 
 Units are knockdowns: the purity null permutes set labels across knockdowns
-(a random set of the same size), CIs resample members; the cross-model null
-pairs each knockdown with a random *other* knockdown of the second model.
+(a random set of the same size), CIs resample members; the cross-model nulls
+pair each knockdown with a random *other* knockdown of the second model, and
+turn the second model's space by a random rotation (a set that clusters in
+both models moves as one unit: see ``cross_model_cosine``).
+
+Purity has the magnitude confound of cosine clustering (SPEC §6): knockdowns
+with little effect all share the default direction, so they are each other's
+nearest neighbours and a set of weak knockdowns looks "pure" against uniformly
+permuted labels. The test of record therefore permutes labels only within
+effect-magnitude (‖ΔY‖) quantile bins — member *i* of every null set comes
+from member *i*'s bin, as in the matched clustering nulls — with the uniform
+test reported beside it.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import compare_to_null, random_sets
 
-from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix
+from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix, matched_bins
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -49,16 +59,23 @@ def set_purity(neighbours: np.ndarray, sets: np.ndarray) -> np.ndarray:
 
 
 class NeighbourPurityParams(BaseModel):
-    """Parameters of the nearest-neighbour purity test."""
+    """Parameters of the nearest-neighbour purity test (uniform and magnitude-matched label permutations)."""
 
     model_config = ConfigDict(extra="forbid")
     k: int = Field(5, ge=1, description="Nearest neighbours (by cosine, self excluded) per knockdown.")
-    permutations: int = Field(2000, ge=1000, description="Label permutations (random sets of the same size).")
+    permutations: int = Field(2000, ge=1000, description="Label permutations in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
+    magnitude_bins: int = Field(
+        10, ge=2, le=20, description="‖ΔY‖ quantile bins for the matched null; fewer are used if a bin is crowded."
+    )
+    min_stratum_ratio: float = Field(2.0, ge=1.0, description="Spare knockdowns per bin the matched null needs.")
 
 
-PURITY_METRICS = ("mean_purity", "null_mean_purity", "chance_purity", "delta_purity", "z", "p", "k", "n_members")
+PURITY_METRICS = (
+    "mean_purity", "null_mean_purity", "chance_purity", "z", "p", "delta_purity_uniform",
+    "matched_null_mean_purity", "z_matched", "p_matched", "delta_purity", "n_magnitude_bins", "k", "n_members",
+)
 
 
 @probe(
@@ -67,18 +84,22 @@ PURITY_METRICS = ("mean_purity", "null_mean_purity", "chance_purity", "delta_pur
     axes=("model", "gene_set"),
     metrics=PURITY_METRICS,
     effect="delta_purity",
-    p="p",
+    p="p_matched",
 )
 def pert_neighbour_purity(
-    *, embeddings: np.ndarray, members: np.ndarray, names: Sequence[str] | None = None,
-    params: NeighbourPurityParams, rng: np.random.Generator,
+    *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,
+    names: Sequence[str] | None = None, params: NeighbourPurityParams, rng: np.random.Generator,
 ) -> ProbeResult:
     """Share of each member's k nearest neighbours (cosine) that are in the same set, vs permuted labels.
 
     ``embeddings`` is (knockdowns × hidden); ``members`` indexes the set;
-    ``names`` labels the rows of the ``neighbours`` table (row indices when
-    absent). Effect: ``delta_purity`` = mean purity − permutation-null mean, CI
-    by bootstrap over members; ``chance_purity`` = (m − 1)/(n − 1).
+    ``magnitude`` is each knockdown's effect size ‖ΔY‖ (without it the matched
+    metrics are NaN and the case is inconclusive); ``names`` labels the rows of
+    the ``neighbours`` table (row indices when absent). Two nulls: labels
+    permuted uniformly (``z``, ``p``, ``delta_purity_uniform``) and within
+    ‖ΔY‖ quantile bins (``z_matched``, ``p_matched``, ``delta_purity``, the
+    effect and p of record). Deltas are mean purity − the null's mean, CIs by
+    bootstrap over members; ``chance_purity`` = (m − 1)/(n − 1).
     """
     members = np.asarray(members, dtype=int)
     sim = cosine_matrix(embeddings)
@@ -88,6 +109,8 @@ def pert_neighbour_purity(
     labels = [str(x) for x in (range(n) if names is None else names)]
     if len(labels) != n:
         raise ValueError(f"{len(labels)} names for {n} knockdowns")
+    if magnitude is not None and np.shape(magnitude) != (n,):
+        raise ValueError(f"magnitude has shape {np.shape(magnitude)}; expected ({n},)")
     in_set = np.zeros(n, dtype=bool)
     in_set[members] = True
     rows = np.repeat(np.arange(n), k)
@@ -101,22 +124,36 @@ def pert_neighbour_purity(
         "k": float(k), "n_members": float(m), "chance_purity": (m - 1) / (n - 1) if n > 1 else nan,
     }
     if m < params.min_members or m >= n or params.k >= n:
-        reason = (f"{m} set members found; at least {params.min_members} are needed" if m < params.min_members
-                  else f"{m} members of {n} knockdowns with k = {params.k}: no room for a permutation null")
-        return ProbeResult(metrics=metrics, tables={"neighbours": table}, inconclusive=reason)
+        too_few = (f"{m} set members found; at least {params.min_members} are needed" if m < params.min_members
+                   else f"{m} members of {n} knockdowns with k = {params.k}: no room for a permutation null")
+        return ProbeResult(metrics=metrics, tables={"neighbours": table}, inconclusive=too_few)
     purity = in_set[nbrs[members]].mean(axis=1)
-    null = set_purity(nbrs, random_sets(rng, np.arange(n), m, params.permutations))
-    test = compare_to_null(float(purity.mean()), null)
     lo, hi = bootstrap_mean_ci(purity, rng, params.bootstrap)
-    metrics.update(mean_purity=test.observed, null_mean_purity=test.null_mean,
-                   delta_purity=test.observed - test.null_mean, z=test.z, p=test.p)
-    return ProbeResult(
-        metrics=metrics,
-        cis={"mean_purity": (lo, hi), "delta_purity": (lo - test.null_mean, hi - test.null_mean)},
-        arrays={"purity": purity, "neighbours": nbrs},
-        null=null,
-        tables={"neighbours": table},
-    )
+    uniform_null = set_purity(nbrs, random_sets(rng, np.arange(n), m, params.permutations))
+    uniform = compare_to_null(float(purity.mean()), uniform_null)
+    metrics.update(mean_purity=uniform.observed, null_mean_purity=uniform.null_mean, z=uniform.z, p=uniform.p,
+                   delta_purity_uniform=uniform.observed - uniform.null_mean)
+    cis = {"mean_purity": (lo, hi), "delta_purity_uniform": (lo - uniform.null_mean, hi - uniform.null_mean)}
+    arrays = {"purity": purity, "neighbours": nbrs, "uniform_null": uniform_null}
+    null: np.ndarray = uniform_null
+    reason: str | None = None
+    strata = None if magnitude is None else matched_bins(np.asarray(magnitude, dtype=float), members,
+                                                         params.magnitude_bins, params.min_stratum_ratio)
+    if magnitude is None:
+        reason = "no effect magnitudes given: the magnitude-matched test cannot run"
+    elif strata is None:
+        reason = (f"the set ({m} of {n} knockdowns) is too large to draw magnitude-matched null sets with "
+                  f"{params.min_stratum_ratio}× spare knockdowns per bin")
+    else:
+        null = set_purity(nbrs, random_sets(rng, np.arange(n), m, params.permutations, strata[members].tolist(),
+                                            strata))
+        matched = compare_to_null(uniform.observed, null)
+        metrics.update(matched_null_mean_purity=matched.null_mean, z_matched=matched.z, p_matched=matched.p,
+                       delta_purity=matched.observed - matched.null_mean, n_magnitude_bins=float(strata.max() + 1))
+        cis["delta_purity"] = (lo - matched.null_mean, hi - matched.null_mean)
+        arrays["matched_null"] = null
+    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=null, tables={"neighbours": table},
+                       inconclusive=reason)
 
 
 class CrossModelParams(BaseModel):
@@ -124,11 +161,41 @@ class CrossModelParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     permutations: int = Field(2000, ge=1000, description="Null draws pairing each KD with a random other KD.")
+    rotations: int = Field(
+        1000, ge=100, description="Null draws rotating model B's space by a uniformly random rotation (Haar)."
+    )
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of knockdowns for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer knockdowns than this → inconclusive.")
 
 
-CROSS_METRICS = ("mean_cosine", "null_mean_cosine", "delta_cosine", "z", "p", "n_kds")
+CROSS_METRICS = (
+    "mean_cosine", "null_mean_cosine", "delta_cosine", "z", "p_mismatched", "rotation_null_mean_cosine",
+    "z_rotation", "p_rotation", "p", "n_kds",
+)
+ROTATION_CHUNK = 256
+
+
+def rotation_null(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mean of ``a_i · Q b_i`` over rows for ``n`` uniformly random (Haar) orthogonal ``Q`` (rows of unit length).
+
+    Only ``U_aᵀ Q U_b`` matters, for orthonormal bases ``U_a``, ``U_b`` of the rows' spans (k = min(m, d)
+    columns each), and for Haar ``Q`` it is distributed as the leading k × k block of a Haar matrix: the first
+    k rows of a uniformly random k-frame, the Q factor of a d × k Gaussian (signs fixed by R's diagonal).
+    Cost O(n·d·k²) instead of n full d × d rotations.
+    """
+    m, dim = a.shape
+    if dim < 2:
+        return np.full(n, np.nan)
+    basis_a, basis_b = np.linalg.qr(a.T)[0], np.linalg.qr(b.T)[0]  # d × k
+    k = basis_a.shape[1]
+    alpha, beta = a @ basis_a, b @ basis_b  # m × k coordinates
+    out = np.empty(n)
+    for start in range(0, n, ROTATION_CHUNK):
+        size = min(ROTATION_CHUNK, n - start)
+        frame, r = np.linalg.qr(rng.normal(size=(size, dim, k)))
+        frame = frame * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+        out[start : start + size] = np.einsum("ia,rab,ib->r", alpha, frame[:, :k, :], beta) / m
+    return out
 
 
 @probe("cross_model_cosine", params=CrossModelParams, axes=(), metrics=CROSS_METRICS, effect="mean_cosine", p="p")
@@ -140,8 +207,23 @@ def cross_model_cosine(
 
     Rows of ``embeddings_a`` and ``embeddings_b`` are the same knockdowns, in
     the same order, in the same hidden space; ``members`` restricts to a set
-    (all knockdowns when absent). The null pairs KD *i* of A with a uniformly
-    drawn other KD (of all) of B; CI by bootstrap over knockdowns.
+    (all knockdowns when absent). Two nulls, both one-sided:
+
+    - *mismatched* (``z``, ``p_mismatched``): KD *i* of A paired with a
+      uniformly drawn other KD (of all) of B — is a knockdown closer to itself
+      than to other knockdowns?
+    - *rotation* (``z_rotation``, ``p_rotation``): B's space turned by a
+      uniformly random rotation — do the two spaces share coordinates at all?
+      Members of a set that cluster in both models move together, so against
+      the mismatched null alone a set is one unit counted m times: two
+      clusters that happen to lie a little closer than the average pair of
+      unrelated directions (unaligned spaces, e.g. models trained from
+      independent initialisations) beat it. A rotation moves the whole set at
+      once, so the set's own structure is in this null.
+
+    ``p`` = max(``p_mismatched``, ``p_rotation``) (an intersection–union test:
+    agreement must beat both nulls); CI of ``mean_cosine`` by bootstrap over
+    knockdowns.
     """
     a, b = _unit_rows(embeddings_a), _unit_rows(embeddings_b)
     if a.shape != b.shape:
@@ -158,12 +240,16 @@ def cross_model_cosine(
     partners = (idx[None, :] + rng.integers(1, n, size=(params.permutations, idx.size))) % n
     null = cross[np.arange(idx.size)[None, :], partners].mean(axis=1)
     test = compare_to_null(float(per_kd.mean()), null)
+    rotated = rotation_null(a[idx], b[idx], params.rotations, rng)
+    rotation = compare_to_null(test.observed, rotated)
     lo, hi = bootstrap_mean_ci(per_kd, rng, params.bootstrap)
     metrics.update(mean_cosine=test.observed, null_mean_cosine=test.null_mean,
-                   delta_cosine=test.observed - test.null_mean, z=test.z, p=test.p)
+                   delta_cosine=test.observed - test.null_mean, z=test.z, p_mismatched=test.p,
+                   rotation_null_mean_cosine=rotation.null_mean, z_rotation=rotation.z, p_rotation=rotation.p,
+                   p=max(test.p, rotation.p))
     return ProbeResult(
         metrics=metrics,
         cis={"mean_cosine": (lo, hi), "delta_cosine": (lo - test.null_mean, hi - test.null_mean)},
-        arrays={"cosine": per_kd},
+        arrays={"cosine": per_kd, "rotation_null": rotated},
         null=null,
     )

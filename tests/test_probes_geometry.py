@@ -1,11 +1,14 @@
-"""Known answers for NB02 geometry: neighbour purity on a built neighbourhood, cross-model cosine."""
+"""Known answers for NB02 geometry: neighbour purity (uniform and magnitude-matched nulls) on built
+neighbourhoods, cross-model cosine."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from hypocheck.registry import get_probe
 from probes.geometry import (
@@ -14,6 +17,7 @@ from probes.geometry import (
     cross_model_cosine,
     nearest_neighbours,
     pert_neighbour_purity,
+    rotation_null,
     set_purity,
 )
 from probes.setstats import cosine_matrix
@@ -30,8 +34,8 @@ def neighbourhood(seed: int = 0) -> np.ndarray:
     return np.vstack([cluster, distractors])
 
 
-def purity(embeddings, members, seed=1, names=None, **params):
-    return pert_neighbour_purity(embeddings=embeddings, members=np.asarray(members), names=names,
+def purity(embeddings, members, seed=1, names=None, magnitude=None, **params):
+    return pert_neighbour_purity(embeddings=embeddings, members=np.asarray(members), names=names, magnitude=magnitude,
                                  params=NeighbourPurityParams(**({"k": 3, "min_members": 4} | params)),
                                  rng=np.random.default_rng(seed))
 
@@ -43,7 +47,10 @@ def test_clustered_set_has_purity_one_and_beats_permuted_labels() -> None:
     assert res.metrics["chance_purity"] == pytest.approx(3 / 23)
     assert res.metrics["null_mean_purity"] == pytest.approx(3 / 23, abs=0.02)  # a random set's expected purity
     assert res.metrics["p"] < 0.001 and res.metrics["z"] > 5
-    assert res.metrics["delta_purity"] == pytest.approx(1.0 - res.metrics["null_mean_purity"])
+    assert res.metrics["delta_purity_uniform"] == pytest.approx(1.0 - res.metrics["null_mean_purity"])
+    # without magnitudes the matched test of record cannot run
+    assert res.inconclusive is not None and "magnitude" in res.inconclusive
+    assert math.isnan(res.metrics["p_matched"]) and math.isnan(res.metrics["delta_purity"])
 
 
 def test_purity_and_its_null_match_loops() -> None:
@@ -84,6 +91,94 @@ def test_purity_too_few_members_is_inconclusive() -> None:
     assert math.isnan(res.metrics["p"]) and "neighbours" in res.tables
 
 
+def weak_ring(n_strong: int = 30, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Ten no-effect knockdowns 0–9 near the shared default direction e0, on a small ring (knockdown *i* at
+    angle 36°·i in the e1–e2 plane), so their nearest neighbours are the ring's next ones (distance 1, then 2);
+    ``n_strong`` knockdowns with large effects in the orthogonal axes e3–e9 (cosine 0 with the ring).
+    Magnitudes: the ring's 0.01–0.10, the others' 1–``n_strong``."""
+    rng = np.random.default_rng(seed)
+    angles = np.arange(10) * 2 * np.pi / 10
+    ring = np.zeros((10, 10))
+    ring[:, 0] = 1.0
+    ring[:, 1], ring[:, 2] = 0.1 * np.cos(angles), 0.1 * np.sin(angles)
+    strong = np.zeros((n_strong, 10))
+    strong[:, 3:] = rng.normal(size=(n_strong, 7))
+    magnitude = np.concatenate([0.01 * np.arange(1, 11), np.arange(1.0, n_strong + 1)])
+    return np.vstack([ring, strong]), magnitude
+
+
+def ring_null_purities(k: int = 4) -> np.ndarray:
+    """Purity of every 5-subset of the ring (the exact magnitude-matched null when the ring is one bin)."""
+    emb, _ = weak_ring()
+    nbrs = nearest_neighbours(cosine_matrix(emb), k)
+    return set_purity(nbrs, np.array(list(itertools.combinations(range(10), 5))))
+
+
+def test_ring_neighbours_are_the_next_ones_on_the_ring() -> None:
+    emb, _ = weak_ring()
+    nbrs = nearest_neighbours(cosine_matrix(emb), 4)
+    for i in range(10):
+        assert set(nbrs[i, :2]) == {(i - 1) % 10, (i + 1) % 10}
+        assert set(nbrs[i, 2:]) == {(i - 2) % 10, (i + 2) % 10}
+
+
+def test_no_effect_set_passes_uniform_but_not_magnitude_matched() -> None:
+    """Five interleaved no-effect knockdowns: each has 2 of its 4 neighbours (distance 2 on the ring) in the set.
+    Against uniformly permuted labels that is far above chance (4/39); against labels permuted among the
+    equally weak knockdowns (one magnitude bin: the ring) it is ordinary (4/9 expected)."""
+    emb, magnitude = weak_ring()
+    res = purity(emb, [0, 2, 4, 6, 8], k=4, min_members=5, magnitude=magnitude, magnitude_bins=4)
+    np.testing.assert_array_equal(res.arrays["purity"], np.full(5, 0.5))
+    assert res.metrics["mean_purity"] == 0.5
+    assert res.metrics["n_magnitude_bins"] == 4
+    assert res.metrics["null_mean_purity"] == pytest.approx(4 / 39, abs=0.02)
+    assert res.metrics["p"] < 0.01 and res.metrics["z"] > 3  # the uniform null: "pure"
+    assert res.metrics["matched_null_mean_purity"] == pytest.approx(4 / 9, abs=0.01)
+    exact = ring_null_purities()
+    assert exact.mean() == pytest.approx(4 / 9)
+    assert res.metrics["p_matched"] == pytest.approx(np.mean(exact >= 0.5 - 1e-12), abs=0.04)
+    assert res.metrics["p_matched"] > 0.2  # the matched null: not pure
+    assert res.metrics["delta_purity"] == pytest.approx(0.5 - res.metrics["matched_null_mean_purity"])
+    assert res.inconclusive is None
+    matched = res.arrays["matched_null"]
+    assert set(np.round(matched, 6)) <= set(np.round(exact, 6))  # every null set was drawn from the ring
+    lo, hi = res.cis["delta_purity"]
+    assert lo <= res.metrics["delta_purity"] <= hi
+
+
+def test_contiguous_ring_arc_is_the_only_pure_configuration() -> None:
+    """An arc of five: per-member purity 2/4, 3/4, 4/4, 3/4, 2/4; only the 10 arcs of 252 subsets reach 0.7."""
+    emb, magnitude = weak_ring()
+    res = purity(emb, [0, 1, 2, 3, 4], k=4, magnitude=magnitude, magnitude_bins=4, permutations=5000)
+    np.testing.assert_array_equal(res.arrays["purity"], [0.5, 0.75, 1.0, 0.75, 0.5])
+    assert res.metrics["mean_purity"] == pytest.approx(0.7)
+    assert np.mean(ring_null_purities() >= 0.7 - 1e-12) == pytest.approx(10 / 252)
+    assert res.metrics["p_matched"] == pytest.approx(10 / 252, abs=0.015)
+
+
+def test_set_with_effects_stays_pure_against_the_matched_null() -> None:
+    """Magnitude matching does not remove real structure: a tight cluster beats both nulls (members' magnitudes
+    0, 7, 14, 21 of 0–23: two in each of two bins of 12)."""
+    x = neighbourhood()
+    magnitude = (np.arange(len(x)) * 7 % len(x)).astype(float)
+    res = purity(x, [0, 1, 2, 3], magnitude=magnitude, magnitude_bins=2)
+    assert res.metrics["n_magnitude_bins"] == 2
+    assert res.metrics["mean_purity"] == 1.0
+    assert res.metrics["p"] < 0.01 and res.metrics["p_matched"] < 0.01
+    assert res.metrics["delta_purity"] > 0.5 and res.metrics["z_matched"] > 3
+    assert res.null is not None and np.array_equal(res.null, res.arrays["matched_null"])
+    assert res.arrays["uniform_null"].size == res.arrays["matched_null"].size == 2000
+
+
+def test_purity_matched_null_needs_room_and_matching_magnitudes() -> None:
+    emb, magnitude = weak_ring(n_strong=2)
+    res = purity(emb, list(range(9)), k=2, magnitude=magnitude)  # 9 of 12: no bin has 2× spare knockdowns
+    assert res.inconclusive is not None and "too large" in res.inconclusive
+    assert math.isfinite(res.metrics["p"]) and math.isnan(res.metrics["p_matched"])
+    with pytest.raises(ValueError, match="magnitude has shape"):
+        purity(emb, [0, 1, 2, 3], magnitude=magnitude[:-1])
+
+
 def cross(a, b, members=None, seed=3):
     return cross_model_cosine(embeddings_a=a, embeddings_b=b, members=members, params=CrossModelParams(),
                               rng=np.random.default_rng(seed))
@@ -115,6 +210,49 @@ def test_cross_model_null_pairs_with_other_knockdowns() -> None:
     unit = a / np.linalg.norm(a, axis=1, keepdims=True)
     off_diagonal = (unit @ unit.T)[~np.eye(80, dtype=bool)]
     assert cross(a, a).metrics["null_mean_cosine"] == pytest.approx(off_diagonal.mean(), abs=0.01)
+
+
+def test_rotation_null_of_one_direction_is_a_uniform_unit_vector_coordinate() -> None:
+    """cos(x, Qx) for a uniformly random orthogonal Q: mean 0, variance 1/d (a coordinate of a random unit vector)."""
+    rng = np.random.default_rng(6)
+    x = np.tile(rng.normal(size=(1, 8)), (3, 1))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    null = rotation_null(x, x, 4000, rng)
+    assert null.mean() == pytest.approx(0.0, abs=0.015)
+    assert null.var() == pytest.approx(1 / 8, rel=0.08)
+
+
+def test_rotation_null_matches_full_haar_rotations() -> None:
+    """The reduced draw (a random k-frame's leading block) has the distribution of full d × d Haar rotations."""
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(6, 12)), rng.normal(size=(6, 12))
+    a[:3] += 3.0
+    b[:3] += 2.0
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    fast = rotation_null(a, b, 4000, rng)
+    full = np.einsum("id,rde,ie->r", a, stats.ortho_group.rvs(12, size=4000, random_state=rng), b) / 6
+    assert stats.ks_2samp(fast, full).pvalue > 0.01
+    assert fast.std() == pytest.approx(full.std(), rel=0.06)
+
+
+def test_cluster_in_unaligned_spaces_beats_mismatched_pairs_but_not_rotations() -> None:
+    """Members 0–9 cluster along u in A and along v in B, cos(u, v) = 0.3, the rest random in both: each member is
+    closer to itself (0.3) than to a random other knockdown (0), yet no closer than a random turn of B makes it."""
+    rng = np.random.default_rng(7)
+    dim, n = 16, 80
+    u = np.eye(dim)[0]
+    v = 0.3 * u + np.sqrt(1 - 0.09) * np.eye(dim)[1]
+    a, b = rng.normal(size=(n, dim)), rng.normal(size=(n, dim))
+    a[:10] = u + 0.02 * rng.normal(size=(10, dim))
+    b[:10] = v + 0.02 * rng.normal(size=(10, dim))
+    res = cross(a, b, members=np.arange(10))
+    assert res.metrics["mean_cosine"] == pytest.approx(0.3, abs=0.02)
+    assert res.metrics["p_mismatched"] < 0.01 and res.metrics["z"] > 3
+    assert res.metrics["rotation_null_mean_cosine"] == pytest.approx(0.0, abs=0.03)
+    assert res.metrics["p_rotation"] > 0.05
+    assert res.metrics["p"] == max(res.metrics["p_mismatched"], res.metrics["p_rotation"])
+    assert res.arrays["rotation_null"].size == CrossModelParams().rotations
 
 
 def test_cross_model_shape_mismatch_and_too_few() -> None:
