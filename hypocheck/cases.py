@@ -10,7 +10,7 @@ from typing import Any
 import pydantic
 
 from .errors import HypothesisFileError, Location, UnknownNameError
-from .expect import Expectation
+from .expect import Expectation, literal_bounds
 from .registry import ProbeSpec, get_probe
 from .schema import Hypothesis, Verdict
 from .stats import derive_seed
@@ -103,6 +103,11 @@ def _check_keys(hyp: Hypothesis, doc: SourceDoc, base: KeyPath, vocabulary: Mapp
                     raise UnknownNameError("axis value", part, values, doc.locate((*base, section, key), at_key=True))
 
 
+def _is_p_value(metric: str, spec: ProbeSpec) -> bool:
+    """Whether a probe's metric is a p-value (its declared p, or named 'p' / 'p_…')."""
+    return metric == spec.p or metric == "p" or metric.startswith("p_")
+
+
 def expand(
     hyp: Hypothesis,
     doc: SourceDoc,
@@ -147,6 +152,12 @@ def expand(
                 raise UnknownNameError(
                     f"metric (probe {spec.name!r} reports {', '.join(spec.metrics)})",
                     metric, produced, doc.locate((*base, "expect", i)),
+                )
+        for metric, (low, high) in literal_bounds(exp).items():
+            if _is_p_value(metric, spec) and (low > 1 or high < 0):
+                raise HypothesisFileError(
+                    f"'{exp.source}' can never hold: {metric!r} is a p-value, in [0, 1]",
+                    doc.locate((*base, "expect", i)),
                 )
         if exp.kind == "significant" and spec.p is None:
             raise HypothesisFileError(

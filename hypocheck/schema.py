@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ExpectationSyntaxError, HypothesisFileError
 from .expect import Expectation, check_satisfiable, parse_expectation
@@ -104,13 +104,14 @@ class Hypothesis(BaseModel):
                 raise ValueError(f"mark {mark!r} is not a valid name")
         return marks
 
-    @model_validator(mode="after")
-    def _expectations_satisfiable(self) -> Hypothesis:
-        try:
-            check_satisfiable(self.parsed_expectations())
+    @field_validator("expect")
+    @classmethod
+    def _expectations_satisfiable(cls, expect: list[str]) -> list[str]:
+        try:  # a field validator, so that the error points at 'expect:'
+            check_satisfiable([parse_expectation(text) for text in expect])
         except ExpectationSyntaxError as exc:
             raise ValueError(exc.message) from None
-        return self
+        return expect
 
     def parsed_expectations(self) -> list[Expectation]:
         """The expectations as parsed objects (never executed code)."""
@@ -143,7 +144,8 @@ def hypotheses_from_doc(doc: SourceDoc) -> list[tuple[Hypothesis, tuple[str | in
 
 def _schema_error(doc: SourceDoc, exc: ValidationError) -> HypothesisFileError:
     first = exc.errors()[0]
-    path = tuple(p for p in first["loc"] if not (isinstance(p, str) and p in {"str", "int", "float"}))
+    # drop pydantic's union-member tags ('str', "literal['pass',…]", 'dict[str,…]') from the key path
+    path = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p in {"str", "int", "float"} or "[" in p)))
     message = first["msg"]
     hint = None
     if first["type"] == "extra_forbidden":

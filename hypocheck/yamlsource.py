@@ -128,6 +128,8 @@ def load_yaml(path: str | Path) -> SourceDoc:
         raise HypothesisFileError(f"YAML error: {exc}", Location(str(doc_path))) from None
     except RecursionError:
         raise HypothesisFileError(f"YAML nested deeper than {MAX_DEPTH} levels", Location(str(doc_path))) from None
+    if not nodes:
+        raise HypothesisFileError("the file is empty (no YAML document)", Location(str(doc_path), 1, 1))
     if len(nodes) != 1:
         raise HypothesisFileError(
             f"expected exactly one YAML document, found {len(nodes)}", Location(str(doc_path), 1, 1)

@@ -261,6 +261,41 @@ def test_oom_halves_the_chunk_and_stays_exact(
     assert max(seen) == 8 and plan.halvings == 4
 
 
+@pytest.mark.parametrize(
+    ("plan", "block_dirs"),
+    [
+        (ChunkPlan(items=2, tangents=HIDDEN), None),  # OOM on the second chunk of knockdowns
+        (ChunkPlan(items=len(KDS), tangents=HIDDEN // 2), HIDDEN // 2),  # OOM on the Gram's second direction block
+    ],
+    ids=["second-knockdown-chunk", "second-direction-block"],
+)
+def test_oom_after_a_successful_chunk_in_jacobian_gram_stays_exact(
+    adapter: STAdapter, monkeypatch: pytest.MonkeyPatch, plan: ChunkPlan, block_dirs: int | None
+) -> None:
+    f, reps, _, _ = _setup(adapter, torch.float32)
+    budget = None if block_dirs is None else len(KDS) * N_GENES * 4 * block_dirs
+    ref = jacobian_gram(f, reps, "inner", progress=False, max_block_bytes=budget,
+                        plan=ChunkPlan(items=1, tangents=HIDDEN))
+    real = jac.jvp_block
+    calls: list[int] = []
+
+    def fails_after_first(fn: Callable[[Tensor], Tensor], points: Tensor, dirs: Tensor) -> Tensor:
+        calls.append(points.shape[0] * dirs.shape[0])
+        if len(calls) > 1 and calls[-1] > 8:  # the first chunk fits; later ones only at ≤ 8 columns
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+        return real(fn, points, dirs)
+
+    monkeypatch.setattr(jac, "jvp_block", fails_after_first)
+    gram = jacobian_gram(f, reps, "inner", progress=False, max_block_bytes=budget, plan=plan)
+    first = calls[0]
+    assert first > 8 and max(calls[1:]) > 8, calls  # a big first chunk succeeded, the next one failed
+    assert (plan.items, plan.tangents, plan.halvings) == (1, 8, 3), plan  # halved down to 1 × 8 columns
+    # every (knockdown, direction) column counted once: an inner-product Gram would show a repeat or a gap
+    torch.testing.assert_close(gram, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+    done = first + sum(c for c in calls[1:] if c <= 8)
+    assert done == len(KDS) * HIDDEN, calls
+
+
 def test_oom_at_one_column_raises_clearly(adapter: STAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
     f, reps, _, _ = _setup(adapter, torch.float32)
 
