@@ -47,7 +47,8 @@ from threadpoolctl import threadpool_limits
 from hypocheck.stats import derive_seed
 
 from .calibration import mc_bound
-from .routing import RoutingParams, routing_coherence, routing_coherence_difference, unit_rows
+from .matrixstats import unit_rows
+from .routing import DifferenceParams, RoutingParams, routing_coherence, routing_coherence_difference
 
 FAMILIES = {"mantel_pearson": "p_pearson", "mantel_spearman": "p_spearman", "cluster_ratio": "p_ratio",
             "ari": "p_ari"}
@@ -125,7 +126,7 @@ def _world_p(cfg: RoutingCalibrationConfig, params: RoutingParams, seed_key: str
     return {family: res.metrics[metric] for family, metric in FAMILIES.items()} | {"r": res.metrics["pearson"]}
 
 
-def _difference_p(cfg: RoutingCalibrationConfig, params: RoutingParams, seed_key: str, planted_b: bool) -> float:
+def _difference_p(cfg: RoutingCalibrationConfig, params: DifferenceParams, seed_key: str, planted_b: bool) -> float:
     """p_difference of two independent worlds: both planted alike (null), or planted vs iid null (power)."""
     rng = np.random.default_rng(derive_seed(cfg.base_seed, seed_key))
     dy_a, dy_b = delta_y_world(rng, cfg), delta_y_world(rng, cfg)
@@ -148,8 +149,8 @@ def _rate(ps: Iterable[float], alpha: float) -> tuple[int, int, int]:
 def calibrate_routing(cfg: RoutingCalibrationConfig | None = None) -> dict[str, Any]:
     """Run every routing test on null and planted worlds; per family: FPR (with the MC bound) and power."""
     cfg = cfg or RoutingCalibrationConfig()
-    params = RoutingParams(n_clusters=cfg.n_clusters, top_per_cluster=cfg.top_per_cluster,
-                           permutations=cfg.permutations, bootstrap=cfg.bootstrap, min_kds=10)
+    params = DifferenceParams(n_clusters=cfg.n_clusters, top_per_cluster=cfg.top_per_cluster,
+                              permutations=cfg.permutations, bootstrap=cfg.bootstrap, min_kds=10)
     start = time.perf_counter()
     runs: dict[str, list[dict[str, float]]] = {}
     with threadpool_limits(1):

@@ -12,21 +12,23 @@ from sklearn.metrics import adjusted_rand_score
 
 from hypocheck.plots import PlotInfo, render_all
 from hypocheck.registry import get_probe
-from probes.routing import (
-    DifferenceParams,
-    RoutingParams,
-    StabilityParams,
+from probes.matrixstats import (
     adjusted_rand_rows,
     bootstrap_correlations,
     cosine_from_gram,
     gram_embedding,
     mantel,
-    routing_coherence,
-    routing_coherence_difference,
-    routing_stability,
     unit_rows,
     upper,
     ward_labels,
+)
+from probes.routing import (
+    DifferenceParams,
+    RoutingParams,
+    StabilityParams,
+    routing_coherence,
+    routing_coherence_difference,
+    routing_stability,
 )
 
 FAST = {"permutations": 199, "bootstrap": 200}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from probes.routing import cosine_from_gram, unit_rows, upper
+from probes.matrixstats import cosine_from_gram, unit_rows, upper
 from probes.routing_calibration import (
     FAMILIES,
     PLANTED,

@@ -1,0 +1,255 @@
+"""Statistics on similarity matrices, with the knockdown as the unit: Mantel permutation tests, the
+knockdown bootstrap of correlations between upper triangles, Ward clustering on cosine geometry, ARI.
+
+Used by the routing probes (NB05–NB10) and their calibration. Pure numpy/scipy, vectorised over
+permutations and bootstrap draws in chunks of about ``CHUNK_ELEMENTS`` numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from scipy.cluster.hierarchy import fcluster, linkage
+
+CHUNK_ELEMENTS = 4_000_000
+LEVEL = 0.95
+
+
+# ---------------------------------------------------------------- similarity and clustering helpers
+
+
+def cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity from an inner-product Gram, and the mask of zero-norm rows (their similarity is 0)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"the Jacobian Gram must be square; got shape {gram.shape}")
+    if not np.all(np.isfinite(gram)):
+        raise ValueError("the Jacobian Gram holds non-finite entries")
+    diag = np.diag(gram).copy()
+    zero = ~(diag > 0)
+    norms = np.sqrt(np.where(zero, 1.0, diag))
+    sim = gram / norms[:, None] / norms[None, :]
+    sim[zero, :] = 0.0
+    sim[:, zero] = 0.0
+    sim = np.clip((sim + sim.T) / 2, -1.0, 1.0)
+    return sim, zero
+
+
+def gram_embedding(sim: np.ndarray) -> np.ndarray:
+    """Rows whose inner products are ``sim`` (PSD, clipped at 0): equal to the unit rows up to a rotation, so
+    their squared distances are ``2(1 − cos)`` and Ward on them is Ward on cosine distance."""
+    values, vectors = np.linalg.eigh((sim + sim.T) / 2)
+    return vectors * np.sqrt(np.clip(values, 0.0, None))[None, :]
+
+
+def ward_labels(points: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Ward clustering (scipy ``linkage(method='ward')`` + ``fcluster(maxclust=n_clusters)``), labels 1 … n."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape[0] < 2:
+        return np.ones(points.shape[0], dtype=int)
+    return np.asarray(fcluster(linkage(points, method="ward"), t=n_clusters, criterion="maxclust"), dtype=int)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def upper(matrix: np.ndarray) -> np.ndarray:
+    """The strict upper triangle of a square matrix, row by row."""
+    return matrix[np.triu_indices(matrix.shape[0], 1)]
+
+
+def svd_share(gram: np.ndarray, components: int) -> float:
+    """Share of the top ``components`` squared singular values of the stacked (flattened) matrices whose inner
+    Gram is ``gram``: its top eigenvalues over its trace (exact without holding the matrices)."""
+    values = np.clip(np.linalg.eigvalsh((gram + gram.T) / 2), 0.0, None)[::-1]
+    total = float(values.sum())
+    return float(values[:components].sum() / total) if total > 0 else float("nan")
+
+
+# ---------------------------------------------------------------- permutation and bootstrap engines
+
+
+def _symmetric_from_upper(values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, n))
+    i, j = np.triu_indices(n, 1)
+    out[i, j] = values
+    out[j, i] = values
+    return out
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    centred = values - values.mean()
+    norm = np.sqrt(np.sum(centred**2))
+    return centred / norm if norm > 0 else np.full_like(values, np.nan)
+
+
+def permuted_dots(a: np.ndarray, b: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """``Σ_ij a_k[π_i, π_j] · b_k[i, j]`` for every permutation row ``π`` of ``perms`` and every pair of
+    matrices ``(a_k, b_k)`` (``a``, ``b``: ``(K, n, n)``; 2-d: one pair) — ``(P, K)`` (``(P,)`` for 2-d).
+
+    In chunks of permutations; one flat index array serves all ``K`` matrices, and each sum is a BLAS
+    matrix-vector product."""
+    flat = a.ndim == 2
+    a3, b3 = (a[None], b[None]) if flat else (a, b)
+    n = a3.shape[1]
+    a_flat, b_flat = a3.reshape(a3.shape[0], -1), b3.reshape(b3.shape[0], -1)
+    out = np.empty((perms.shape[0], a3.shape[0]))
+    step = max(1, CHUNK_ELEMENTS // max(1, n * n))
+    for start in range(0, perms.shape[0], step):
+        block = perms[start : start + step]
+        index = (block[:, :, None] * n + block[:, None, :]).reshape(block.shape[0], -1)
+        for k in range(a3.shape[0]):
+            out[start : start + step, k] = a_flat[k].take(index) @ b_flat[k]
+    return out[:, 0] if flat else out
+
+
+def upper_p(observed: float, null: np.ndarray) -> float:
+    """One-sided permutation p, (1 + #null ≥ observed) / (n + 1), with a relative float tolerance."""
+    null = np.asarray(null, dtype=float)
+    null = null[np.isfinite(null)]
+    if not np.isfinite(observed) or null.size == 0:
+        return float("nan")
+    tol = 1e-10 * max(1.0, abs(observed))
+    return float((1 + np.count_nonzero(null >= observed - tol)) / (null.size + 1))
+
+
+@dataclass(frozen=True)
+class Mantel:
+    """Correlations of two similarity matrices' upper triangles and their one-sided Mantel p."""
+
+    pearson: float
+    spearman: float
+    p_pearson: float
+    p_spearman: float
+    null_pearson: np.ndarray  # Pearson r under the permutations (empty when undefined)
+
+
+def mantel(x_sim: np.ndarray, y_sim: np.ndarray, rng: np.random.Generator, permutations: int) -> Mantel:
+    """Pearson and Spearman r of the upper triangles; Mantel null: permute the knockdown labels of ``x_sim``.
+
+    The multiset of upper-triangle values (hence their mean, sd and ranks) is
+    unchanged by a relabelling, so each null r is one dot product of
+    standardised (rank) matrices. Spearman ranks are averaged over ties.
+    """
+    n = x_sim.shape[0]
+    x, y = upper(x_sim), upper(y_sim)
+    pearson = float(stats.pearsonr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+    spearman = float(stats.spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+    if not (np.isfinite(pearson) and np.isfinite(spearman)):
+        return Mantel(pearson, spearman, float("nan"), float("nan"), np.array([]))
+    perms = np.argsort(rng.random((permutations, n)), axis=1)
+    xs = np.stack([_symmetric_from_upper(_standardised(v), n) for v in (x, stats.rankdata(x))])
+    ys = np.stack([_symmetric_from_upper(_standardised(v), n) for v in (y, stats.rankdata(y))])
+    null = permuted_dots(xs, ys, perms) / 2
+    observed = np.sum(xs * ys, axis=(1, 2)) / 2
+    ps = [upper_p(float(observed[k]), null[:, k]) for k in range(2)]
+    return Mantel(pearson, spearman, ps[0], ps[1], null[:, 0])
+
+
+def weighted_quadratic(counts: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``c_b^T M c_b`` for every row ``c_b`` of ``counts``."""
+    return np.einsum("bi,bi->b", counts @ matrix, counts)
+
+
+def bootstrap_draw_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """``(n_boot, n)`` multiplicities of each knockdown in resamples of ``n`` draws with replacement."""
+    draws = rng.integers(0, n, size=(n_boot, n))
+    offsets = (np.arange(n_boot) * n)[:, None]
+    return np.bincount((draws + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def _corr_from_moments(
+    total: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray
+) -> np.ndarray:
+    """Pearson r from weighted sums (total weight, Σwx, Σwy, Σwx², Σwy², Σwxy); NaN where a variance is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxy - sx * sy / total
+        var = (sxx - sx**2 / total) * (syy - sy**2 / total)
+        return np.where(var > 0, cov / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+
+
+def _sorted_weighted_ranks(sorted_values: np.ndarray, w_sorted: np.ndarray) -> np.ndarray:
+    """Average ranks, in sorted order, of values held ``w_sorted[b, i]`` times by resample ``b`` (ties averaged)."""
+    new_group = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    if new_group.all():  # no ties among the original values: each value is its own group
+        return np.cumsum(w_sorted, axis=1) - (w_sorted - 1) / 2
+    starts = np.flatnonzero(new_group)
+    group_w = np.add.reduceat(w_sorted, starts, axis=1)
+    group_rank = np.cumsum(group_w, axis=1) - (group_w - 1) / 2
+    return group_rank[:, np.cumsum(new_group) - 1]
+
+
+def bootstrap_correlations(
+    x_sim: np.ndarray, y_sim: np.ndarray, rng: np.random.Generator, n_boot: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap over knockdowns of the Pearson and Spearman r of the upper triangles.
+
+    A resample draws ``n`` knockdowns with replacement; its pairs are the pairs
+    of distinct draws that are different knockdowns, so original pair ``(i, j)``
+    enters ``c_i · c_j`` times (``c``: draw counts). Pearson's weighted sums are
+    quadratic forms ``cᵀ M c``; Spearman ranks each resample's own values
+    (duplicates tie, average ranks), computed from the original sort order.
+    """
+    n = x_sim.shape[0]
+    x, y = upper(x_sim), upper(y_sim)
+    counts = bootstrap_draw_counts(rng, n, n_boot)
+    off = 1.0 - np.eye(n)
+    xs, ys = x_sim * off, y_sim * off
+    moments = [weighted_quadratic(counts, m) / 2 for m in (off, xs, ys, xs * xs, ys * ys, xs * ys)]
+    pearson = _corr_from_moments(*moments)
+    i, j = np.triu_indices(n, 1)
+    order_x, order_y = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
+    x_sorted, y_sorted = x[order_x], y[order_y]
+    ix, jx, iy, jy = i[order_x], j[order_x], i[order_y], j[order_y]
+    y_to_x = np.argsort(order_y, kind="stable")[order_x]  # position in y order of each pair in x order
+    spearman = np.empty(n_boot)
+    step = max(1, CHUNK_ELEMENTS // max(1, x.size))
+    for start in range(0, n_boot, step):
+        c = counts[start : start + step]
+        wx = c[:, ix] * c[:, jx]
+        rx = _sorted_weighted_ranks(x_sorted, wx)
+        ry = _sorted_weighted_ranks(y_sorted, c[:, iy] * c[:, jy])[:, y_to_x]
+        wrx, wry = wx * rx, wx * ry
+        spearman[start : start + step] = _corr_from_moments(
+            wx.sum(axis=1), wrx.sum(axis=1), wry.sum(axis=1), np.einsum("bm,bm->b", wrx, rx),
+            np.einsum("bm,bm->b", wry, ry), np.einsum("bm,bm->b", wrx, ry))
+    return pearson, spearman
+
+
+def percentile_ci(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of the finite draws (NaN, NaN without any)."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return (float("nan"), float("nan"))
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def adjusted_rand_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Adjusted Rand index of each row of ``a`` (``(B, n)`` labels) against the labelling ``b`` (``(n,)``)."""
+    a = np.atleast_2d(a)
+    _, a_codes = np.unique(a, return_inverse=True)
+    a_codes = a_codes.reshape(a.shape)
+    _, b_codes = np.unique(b, return_inverse=True)
+    na, nb, n = int(a_codes.max()) + 1, int(b_codes.max()) + 1, a.shape[1]
+    cells = na * nb
+    flat = a_codes * nb + b_codes[None, :] + (np.arange(a.shape[0]) * cells)[:, None]
+    table = np.bincount(flat.ravel(), minlength=a.shape[0] * cells).reshape(a.shape[0], na, nb).astype(float)
+    comb = table * (table - 1) / 2
+    index = comb.sum(axis=(1, 2))
+    rows = table.sum(axis=2)
+    cols = table.sum(axis=1)
+    sum_a = (rows * (rows - 1) / 2).sum(axis=1)
+    sum_b = (cols * (cols - 1) / 2).sum(axis=1)
+    expected = sum_a * sum_b / (n * (n - 1) / 2)
+    maximum = (sum_a + sum_b) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(maximum != expected, (index - expected) / (maximum - expected), 1.0)
