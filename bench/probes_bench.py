@@ -1,8 +1,10 @@
-"""Benchmark: wall time of every NB01/NB02/NB04 probe on the demo world (inputs prepared beforehand).
+"""Benchmark: wall time of every probe on the demo world (inputs prepared beforehand).
 
 ``python -m bench.probes_bench [--null-sets 1000] [--out reports/bench/probes.json]`` prints a table and
 writes a JSON record per probe case: the probe functions alone are timed, on all knockdowns, with the
-given number of null sets; building the inputs (model forward passes) is timed separately.
+given number of null sets (permutations for the routing probes); building the inputs (model forward
+passes, Jacobians) is timed separately and goes through the artifact cache (``--artifact-cache``, the
+suite's ``.hypocheck-cache`` by default: after ``make demo`` the inputs are read, not recomputed).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-import fixtures.inputs  # noqa: F401  (registers input builders)
+import fixtures.routing_inputs  # noqa: F401  (registers input builders)
 import probes  # noqa: F401  (registers probes)
 from fixtures.config import SuiteConfig
 from fixtures.context import INPUT_BUILDERS, SuiteContext
+from hypocheck.cache import ArtifactCache
 from hypocheck.cases import Case
 from hypocheck.errors import Location
 from hypocheck.registry import get_probe
@@ -40,6 +43,13 @@ CASES: list[tuple[str, dict[str, str], dict[str, Any], dict[str, Any]]] = [
         {},
     ),
     ("knockout_transfer", {"model": "fewshot"}, {}, {"lines": ["hepg2", "jurkat"], "max_genes": 200}),
+    ("targeted_jacobian", {"model": "fewshot", "cell_line": "hepg2"}, {},
+     {"regulators": ["HSPA5", "ATF4", "XBP1", "SEC24A"], "targets": ["ARFGEF2", "MFGE8", "PDIA3", "CALR", "ERO1A"],
+      "concordant_kds": ["TRAPPC3", "TRAPPC5", "SRP54", "HSPA5"], "control_kds": ["MYC", "BRCA1", "CHEK1"]}),
+    ("routing_coherence", {"model": "fewshot", "cell_line": "hepg2"}, {"selection": "all"}, {}),
+    ("routing_coherence", {"model": "zeroshot", "cell_line": "hepg2"}, {"selection": "top"}, {"jacobian": "onehot"}),
+    ("routing_coherence_difference", {"cell_line": "hepg2"}, {"selection": "top"}, {"models": ["fewshot", "zeroshot"]}),
+    ("routing_stability", {"model": "fewshot", "cell_line": "hepg2", "sampling": "stratified"}, {}, {"max_kds": 32}),
 ]
 
 
@@ -61,14 +71,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--null-sets", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench" / "probes.json"))
+    parser.add_argument("--artifact-cache", default=str(ROOT / ".hypocheck-cache"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ctx = SuiteContext(SuiteConfig.load(ROOT / "suite.yaml"))
+    ctx = SuiteContext(SuiteConfig.load(ROOT / "suite.yaml"), ArtifactCache(args.artifact_cache))
     records: list[dict[str, Any]] = []
     for probe, axes, params, inputs in CASES:
         spec = get_probe(probe)
-        if "null_sets" in spec.params.model_fields:
-            params = {**params, "null_sets": args.null_sets}
+        for name in ("null_sets", "permutations"):
+            if name in spec.params.model_fields:
+                params = {**params, name: args.null_sets}
         case = make_case(probe, axes, params, inputs)
         start = time.perf_counter()
         prepared = INPUT_BUILDERS[probe](ctx, case)
@@ -80,7 +92,7 @@ def main() -> None:
             {
                 "probe": probe,
                 "axes": axes,
-                "null_sets": params.get("null_sets"),
+                "null_sets": params.get("null_sets", params.get("permutations")),
                 "inputs_s": build_s,
                 "probe_s": probe_s,
                 "device": "cpu",
