@@ -9,7 +9,8 @@ named ``arrays``. This module maps known names to plot functions:
 - ``arrays['similarity']`` (n × n) → similarity heatmap, the set's members
   first, or grouped by ``arrays['groups']`` (one set label per row);
 - ``arrays['spearman']`` (per gene) → histogram of per-gene knockout Spearman r;
-- ``arrays['jacobian']`` + ``arrays['delta_y']`` → Jacobian prediction vs ΔY scatter;
+- ``arrays['jacobian']`` + ``arrays['delta_y']`` → scatter of paired values (routing: the Jacobian and
+  ΔY similarity of each knockdown pair);
 - ``arrays['cell_counts']`` + ``arrays['convergence']`` ((counts,) or
   (counts × repeats)) → convergence of a metric with the number of cells;
 - ``arrays['purity']``, ``arrays['cosine']`` → histograms of per-member / per-knockdown values.
@@ -246,7 +247,7 @@ def cosine_histogram(result: ProbeResult, info: PlotInfo) -> Figure | None:
 
 @plot_for("jacobian", "delta_y", name="jacobian_vs_delta_y", title="Jacobian vs ΔY")
 def jacobian_scatter(result: ProbeResult, info: PlotInfo) -> Figure | None:
-    """The Jacobian's linear prediction against the model's actual ΔY, one point per gene (or entry)."""
+    """Paired Jacobian and ΔY values, one point per entry (routing: per knockdown pair, their similarities)."""
     x = np.asarray(result.arrays["jacobian"], dtype=float).ravel()
     y = np.asarray(result.arrays["delta_y"], dtype=float).ravel()
     if x.size != y.size or x.size < 2:
@@ -256,14 +257,11 @@ def jacobian_scatter(result: ProbeResult, info: PlotInfo) -> Figure | None:
     if x.size < 2:
         return None
     fig, ax = new_figure(5.0, 5.0)
-    ax.scatter(x, y, s=6, alpha=0.5)
-    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="y = x")
+    ax.scatter(x, y, s=4, alpha=0.3, linewidths=0)
     r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
-    ax.set_xlabel("Jacobian prediction")
-    ax.set_ylabel("ΔY")
-    ax.set_title(f"{info.title or 'Jacobian vs ΔY'} (Pearson r = {r:.3g})", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_xlabel("Jacobian similarity")
+    ax.set_ylabel("ΔY similarity")
+    ax.set_title(f"{info.title or 'Jacobian vs ΔY'} (Pearson r = {r:.3g}, {x.size} points)", fontsize=9)
     return fig
 
 
