@@ -1,8 +1,10 @@
 """Statistics on similarity matrices, with the knockdown as the unit: Mantel permutation tests, the
-knockdown bootstrap of correlations between upper triangles, Ward clustering on cosine geometry, ARI.
+leave-one-knockdown-out jackknife (with its pair-level correction) and the knockdown bootstrap of
+correlations between upper triangles, Fisher-z and normal-difference CIs, Ward clustering on cosine
+geometry, ARI.
 
 Used by the routing probes (NB05–NB10) and their calibration. Pure numpy/scipy, vectorised over
-permutations and bootstrap draws in chunks of about ``CHUNK_ELEMENTS`` numbers.
+permutations, bootstrap draws and leave-outs in chunks of about ``CHUNK_ELEMENTS`` numbers.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def svd_share(gram: np.ndarray, components: int) -> float:
     return float(values[:components].sum() / total) if total > 0 else float("nan")
 
 
-# ---------------------------------------------------------------- permutation and bootstrap engines
+# ---------------------------------------------------------------- permutation, bootstrap and jackknife engines
 
 
 def _symmetric_from_upper(values: np.ndarray, n: int) -> np.ndarray:
@@ -185,6 +187,30 @@ def _sorted_weighted_ranks(sorted_values: np.ndarray, w_sorted: np.ndarray) -> n
     return group_rank[:, np.cumsum(new_group) - 1]
 
 
+def _count_weighted_spearman(x_sim: np.ndarray, y_sim: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Spearman r of the upper triangles for each row ``c`` of ``counts`` (``(B, n)`` knockdown multiplicities):
+    pair ``(i, j)`` enters ``c_i · c_j`` times and each row ranks its own values (duplicates tie, average ranks),
+    computed from the original sort order. O(B · n²), in chunks of rows."""
+    x, y = upper(x_sim), upper(y_sim)
+    i, j = np.triu_indices(x_sim.shape[0], 1)
+    order_x, order_y = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
+    x_sorted, y_sorted = x[order_x], y[order_y]
+    ix, jx, iy, jy = i[order_x], j[order_x], i[order_y], j[order_y]
+    y_to_x = np.argsort(order_y, kind="stable")[order_x]  # position in y order of each pair in x order
+    out = np.empty(counts.shape[0])
+    step = max(1, CHUNK_ELEMENTS // max(1, x.size))
+    for start in range(0, counts.shape[0], step):
+        c = counts[start : start + step]
+        wx = c[:, ix] * c[:, jx]
+        rx = _sorted_weighted_ranks(x_sorted, wx)
+        ry = _sorted_weighted_ranks(y_sorted, c[:, iy] * c[:, jy])[:, y_to_x]
+        wrx, wry = wx * rx, wx * ry
+        out[start : start + step] = _corr_from_moments(
+            wx.sum(axis=1), wrx.sum(axis=1), wry.sum(axis=1), np.einsum("bm,bm->b", wrx, rx),
+            np.einsum("bm,bm->b", wry, ry), np.einsum("bm,bm->b", wrx, ry))
+    return out
+
+
 def bootstrap_correlations(
     x_sim: np.ndarray, y_sim: np.ndarray, rng: np.random.Generator, n_boot: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -193,33 +219,131 @@ def bootstrap_correlations(
     A resample draws ``n`` knockdowns with replacement; its pairs are the pairs
     of distinct draws that are different knockdowns, so original pair ``(i, j)``
     enters ``c_i · c_j`` times (``c``: draw counts). Pearson's weighted sums are
-    quadratic forms ``cᵀ M c``; Spearman ranks each resample's own values
-    (duplicates tie, average ranks), computed from the original sort order.
+    quadratic forms ``cᵀ M c``; Spearman ranks each resample's own values.
+    Kept for the calibration that compares it with the jackknife
+    (``probes.routing_calibration``): its spread overstates the sampling spread.
     """
     n = x_sim.shape[0]
-    x, y = upper(x_sim), upper(y_sim)
     counts = bootstrap_draw_counts(rng, n, n_boot)
     off = 1.0 - np.eye(n)
     xs, ys = x_sim * off, y_sim * off
     moments = [weighted_quadratic(counts, m) / 2 for m in (off, xs, ys, xs * xs, ys * ys, xs * ys)]
-    pearson = _corr_from_moments(*moments)
-    i, j = np.triu_indices(n, 1)
-    order_x, order_y = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
-    x_sorted, y_sorted = x[order_x], y[order_y]
-    ix, jx, iy, jy = i[order_x], j[order_x], i[order_y], j[order_y]
-    y_to_x = np.argsort(order_y, kind="stable")[order_x]  # position in y order of each pair in x order
-    spearman = np.empty(n_boot)
-    step = max(1, CHUNK_ELEMENTS // max(1, x.size))
-    for start in range(0, n_boot, step):
-        c = counts[start : start + step]
-        wx = c[:, ix] * c[:, jx]
-        rx = _sorted_weighted_ranks(x_sorted, wx)
-        ry = _sorted_weighted_ranks(y_sorted, c[:, iy] * c[:, jy])[:, y_to_x]
-        wrx, wry = wx * rx, wx * ry
-        spearman[start : start + step] = _corr_from_moments(
-            wx.sum(axis=1), wrx.sum(axis=1), wry.sum(axis=1), np.einsum("bm,bm->b", wrx, rx),
-            np.einsum("bm,bm->b", wry, ry), np.einsum("bm,bm->b", wrx, ry))
+    return _corr_from_moments(*moments), _count_weighted_spearman(x_sim, y_sim, counts)
+
+
+def jackknife_correlations(x_sim: np.ndarray, y_sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-knockdown-out Pearson and Spearman r of the upper triangles: ``(n,)`` each, entry ``m`` over
+    the pairs of the other ``n − 1`` knockdowns.
+
+    Pearson in O(n²): each pair sum (count, Σx, Σy, Σx², Σy², Σxy) over all
+    pairs minus knockdown ``m``'s row of it. Spearman is exact: the remaining
+    pairs are re-ranked for every leave-out (ties averaged), through the
+    weighted-rank engine with weight 0 on the pairs of ``m`` (O(n³) in all).
+    """
+    n = x_sim.shape[0]
+    off = 1.0 - np.eye(n)
+    xs, ys = x_sim * off, y_sim * off
+    sums = [(m.sum() / 2 - m.sum(axis=1)) for m in (off, xs, ys, xs * xs, ys * ys, xs * ys)]
+    return _corr_from_moments(*sums), _count_weighted_spearman(x_sim, y_sim, off)
+
+
+def pair_influence(x_sim: np.ndarray, y_sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical influence function of each pair (upper triangle, row by row) on the Pearson and the Spearman r
+    of the upper triangles: ``r ≈ ρ + mean of the influences``.
+
+    Pearson: ``x̃ỹ − r (x̃² + ỹ²) / 2`` (standardised values). Spearman, as
+    the functional ``12 E[F(X) G(Y)] − 3``: ``12 [F(x) G(y) + E(1{x ≤ X} G(Y))
+    + E(F(X) 1{y ≤ Y})]``, centred, with the empirical CDFs (``F(x)``: share of
+    pairs with a value ≤ x).
+    """
+    x, y = upper(x_sim), upper(y_sim)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xt, yt = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()
+        r = float(np.mean(xt * yt))
+        pearson = xt * yt - r * (xt**2 + yt**2) / 2
+    size = x.size
+    x_sorted, y_sorted = np.sort(x), np.sort(y)
+    f = np.searchsorted(x_sorted, x, side="right") / size
+    g = np.searchsorted(y_sorted, y, side="right") / size
+    # Σ over pairs q with x_q ≥ x_p of G(y_q): a suffix sum in x order, entered at the start of p's tie group
+    g_suffix = np.r_[np.cumsum(g[np.argsort(x, kind="stable")][::-1])[::-1], 0.0]
+    f_suffix = np.r_[np.cumsum(f[np.argsort(y, kind="stable")][::-1])[::-1], 0.0]
+    spearman = 12 * (f * g + (g_suffix[np.searchsorted(x_sorted, x, side="left")]
+                              + f_suffix[np.searchsorted(y_sorted, y, side="left")]) / size)
+    return pearson - pearson.mean(), spearman - spearman.mean()
+
+
+def jackknife_se(leave_out: np.ndarray, influence: np.ndarray | None = None) -> float:
+    """Standard error of a pairwise statistic from its ``K`` leave-one-knockdown-out values (NaN if any is
+    undefined).
+
+    Plain: ``V_J = (K − 1)/K · Σ (θ₍ₘ₎ − θ̄)²``. For a statistic that is a mean
+    over the pairs of ``K`` knockdowns (a degree-2 U-statistic, to first
+    order), ``Var = 4(K − 2)/(K(K − 1)) ζ₁ + 2/(K(K − 1)) ζ₂`` (ζ₁: variance of
+    a knockdown's mean pair influence, ζ₂: of one pair's), while
+    ``E V_J ≈ 4/(K − 2) ζ₁ + 4/(K − 2)² ζ₂``: the jackknife counts the
+    pair-level term about twice, which inflates it where pair noise dominates.
+    With the pairs' ``influence`` (``pair_influence``), ``ζ₂`` is estimated
+    by its mean square, ``ζ₁`` solved from ``V_J`` (floored at 0) and ``Var``
+    returned with the right coefficients (the corrected jackknife).
+    """
+    values = np.asarray(leave_out, dtype=float)
+    k = values.size
+    if k < 3 or not np.all(np.isfinite(values)):
+        return float("nan")
+    v_jack = (k - 1) / k * float(np.sum((values - values.mean()) ** 2))
+    if influence is None:
+        return float(np.sqrt(v_jack))
+    zeta2 = float(np.mean(np.asarray(influence, dtype=float) ** 2))
+    zeta1 = max(0.0, (v_jack - 4 * zeta2 / (k - 2) ** 2) * (k - 2) / 4)
+    return float(np.sqrt((4 * (k - 2) * zeta1 + 2 * zeta2) / (k * (k - 1))))
+
+
+def correlation_ses(x_sim: np.ndarray, y_sim: np.ndarray) -> tuple[float, float]:
+    """Corrected-jackknife standard errors (``jackknife_se`` with ``pair_influence``) of the Pearson and the
+    Spearman r of the upper triangles, the knockdown being the unit."""
+    pearson, spearman = (jackknife_se(leave_out, influence) for leave_out, influence in
+                         zip(jackknife_correlations(x_sim, y_sim), pair_influence(x_sim, y_sim), strict=True))
     return pearson, spearman
+
+
+def fisher_ci(estimate: float, se: float, df: float = np.inf, level: float = LEVEL) -> tuple[float, float]:
+    """CI of a correlation on the Fisher-z scale: ``tanh(atanh(r) ± q · se / (1 − r²))`` (delta-method SE of
+    z; |r| clipped just below 1), ``q`` the t quantile with ``df`` degrees of freedom (K − 1 for a jackknife
+    SE from K leave-outs, as in Tukey's jackknife interval; normal with the default)."""
+    if not (np.isfinite(estimate) and np.isfinite(se)):
+        return (float("nan"), float("nan"))
+    r = float(np.clip(estimate, -1 + 1e-12, 1 - 1e-12))
+    half = float(stats.t.ppf((1 + level) / 2, df)) * se / (1 - r**2)
+    z = float(np.arctanh(r))
+    return float(np.tanh(z - half)), float(np.tanh(z + half))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A difference of two estimates from independent samples: SE, Welch degrees of freedom, CI, two-sided p."""
+
+    estimate: float
+    se: float
+    df: float
+    ci: tuple[float, float]
+    p: float
+
+
+def welch_difference(estimate_a: float, se_a: float, df_a: float, estimate_b: float, se_b: float, df_b: float,
+                     level: float = LEVEL) -> Difference:
+    """``a − b`` with ``SE = sqrt(SE_a² + SE_b²)`` (independent samples of knockdowns), Welch–Satterthwaite
+    degrees of freedom from the two SEs' (``df_a``, ``df_b``), CI ``(a − b) ± q · SE`` and two-sided t p of
+    ``a − b = 0``, on the scale of the estimates."""
+    diff, se = estimate_a - estimate_b, float(np.hypot(se_a, se_b))
+    if not (np.isfinite(diff) and np.isfinite(se)):
+        return Difference(diff, se, float("nan"), (float("nan"), float("nan")), float("nan"))
+    if se == 0:
+        return Difference(diff, se, float("nan"), (diff, diff), 1.0 if diff == 0 else 0.0)
+    spread = se_a**4 / df_a + se_b**4 / df_b
+    df = float(se**4 / spread) if spread > 0 else float("inf")
+    q = float(stats.t.ppf((1 + level) / 2, df))
+    return Difference(diff, se, df, (diff - q * se, diff + q * se), float(2 * stats.t.sf(abs(diff) / se, df)))
 
 
 def percentile_ci(draws: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -10,8 +10,13 @@ the unit). ΔY is clustered by Ward on cosine distance (Ward on the
 L2-normalised rows, ``‖a − b‖² = 2(1 − cos)``); the same- vs different-cluster
 Jacobian similarity ratio and the ARI between the Jacobian and the ΔY
 clusterings are tested by permuting cluster labels over knockdowns. CIs
-resample knockdowns (a resample's pairs are the pairs of distinct draws that
-are different knockdowns), never pairs.
+treat the knockdown as the unit, never the pair: the coherence CIs (Fisher z)
+and the difference test use the leave-one-knockdown-out jackknife SE,
+corrected for the pair-level term the plain jackknife counts twice
+(``matrixstats.jackknife_se``; ``probes.routing_calibration`` measures its
+coverage against the plain jackknife and the KD bootstrap); the cluster-ratio
+CI resamples knockdowns (a resample's pairs are the pairs of distinct draws
+that are different knockdowns).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from hypocheck.registry import ProbeResult, probe
 from .matrixstats import (
     Mantel,
     adjusted_rand_rows,
-    bootstrap_correlations,
     bootstrap_draw_counts,
+    correlation_ses,
     cosine_from_gram,
+    fisher_ci,
     gram_embedding,
     mantel,
     percentile_ci,
@@ -43,6 +49,7 @@ from .matrixstats import (
     upper_p,
     ward_labels,
     weighted_quadratic,
+    welch_difference,
 )
 from .setstats import bootstrap_mean_ci, cosine_matrix
 
@@ -57,7 +64,7 @@ class RoutingParams(BaseModel):
     )
     top_per_cluster: int = Field(15, ge=1, description="KDs kept per ΔY cluster with selection 'top'.")
     permutations: int = Field(1000, ge=99, description="Permutations for the Mantel and label-permutation tests.")
-    bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples of knockdowns for the CIs.")
+    bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples of knockdowns for the cluster-ratio CI.")
     svd_components: int = Field(10, ge=1, description="Top singular values: their share of the squared total.")
     min_kds: int = Field(10, ge=3, description="Fewer selected knockdowns than this → inconclusive.")
 
@@ -75,7 +82,7 @@ class StabilityParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     permutations: int = Field(1000, ge=99, description="Permutations for the Mantel test of routing coherence.")
-    bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples of knockdowns for the CIs.")
+    bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples of knockdowns for the agreement CI.")
     min_kds: int = Field(10, ge=3, description="Fewer knockdowns with non-zero Jacobians than this → inconclusive.")
 
 
@@ -212,18 +219,23 @@ def cluster_stats(
 
 @dataclass(frozen=True)
 class Coherence:
-    """Routing coherence of one selection: Mantel correlations and their bootstrap draws."""
+    """Routing coherence of one set of knockdowns: Mantel correlations and their corrected-jackknife SEs."""
 
     mantel: Mantel
-    pearson_draws: np.ndarray
-    spearman_draws: np.ndarray
+    se_pearson: float
+    se_spearman: float
+    df: int  # K − 1, for the t quantiles
+
+    def cis(self) -> dict[str, tuple[float, float]]:
+        """Fisher-z CIs of ``pearson`` and ``spearman`` (t quantile with K − 1 degrees of freedom)."""
+        return {"pearson": fisher_ci(self.mantel.pearson, self.se_pearson, self.df),
+                "spearman": fisher_ci(self.mantel.spearman, self.se_spearman, self.df)}
 
 
-def coherence(sel: RoutingSelection, rng: np.random.Generator, permutations: int, bootstrap: int) -> Coherence:
-    """Mantel test and KD bootstrap of the correlation between Jacobian and ΔY cosine (selected KDs)."""
-    test = mantel(sel.jacobian_similarity, sel.delta_y_similarity, rng, permutations)
-    pearson, spearman = bootstrap_correlations(sel.jacobian_similarity, sel.delta_y_similarity, rng, bootstrap)
-    return Coherence(test, pearson, spearman)
+def coherence(jac_sim: np.ndarray, dy_sim: np.ndarray, rng: np.random.Generator, permutations: int) -> Coherence:
+    """Mantel test and corrected KD jackknife SEs of the correlation between Jacobian and ΔY cosine."""
+    return Coherence(mantel(jac_sim, dy_sim, rng, permutations), *correlation_ses(jac_sim, dy_sim),
+                     df=jac_sim.shape[0] - 1)
 
 
 def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
@@ -252,11 +264,13 @@ def routing_coherence(
     with a zero-norm Jacobian are dropped (``n_zero_norm``); ``selection``
     'top' keeps the ``top_per_cluster`` largest-‖ΔY‖ KDs per cluster. Effect:
     ``pearson`` of the upper triangles (``spearman`` beside it), one-sided
-    Mantel p; CIs bootstrap knockdowns. ``same_diff_ratio``: mean Jacobian
-    cosine of same- over different-ΔY-cluster pairs, ``p_ratio`` by cluster-label
-    permutation; ``ari``: Ward clusters of the Jacobians vs of ΔY, ``p_ari`` by
-    label permutation; ``svd_share``: top ``svd_components`` squared singular
-    values of the stacked selected Jacobians over their total.
+    Mantel p; their CIs are Fisher-z intervals with the corrected
+    leave-one-knockdown-out jackknife SE and a t quantile (K − 1 df).
+    ``same_diff_ratio``: mean Jacobian cosine of same- over different-ΔY-cluster
+    pairs, ``p_ratio`` by cluster-label permutation, CI by KD bootstrap;
+    ``ari``: Ward clusters of the Jacobians vs of ΔY, ``p_ari`` by label
+    permutation; ``svd_share``: top ``svd_components`` squared singular values
+    of the stacked selected Jacobians over their total.
     """
     sel = select_routing(delta_y, jacobian_gram, names, params)
     n = int(sel.index.size)
@@ -265,7 +279,7 @@ def routing_coherence(
     reason = _too_few(n, params)
     if reason is not None:
         return ProbeResult(metrics=base, inconclusive=reason)
-    coh = coherence(sel, rng, params.permutations, params.bootstrap)
+    coh = coherence(sel.jacobian_similarity, sel.delta_y_similarity, rng, params.permutations)
     clus = cluster_stats(sel.jacobian_similarity, sel.clusters, params.n_clusters, rng, params)
     metrics = base | {
         "pearson": coh.mantel.pearson, "spearman": coh.mantel.spearman, "p_pearson": coh.mantel.p_pearson,
@@ -273,8 +287,7 @@ def routing_coherence(
         "diff_cluster_similarity": clus.diff, "same_diff_ratio": clus.ratio, "p_ratio": clus.p_ratio,
         "ari": clus.ari, "p_ari": clus.p_ari, "svd_share": svd_share(sel.gram, params.svd_components),
     }
-    cis = {"pearson": percentile_ci(coh.pearson_draws), "spearman": percentile_ci(coh.spearman_draws),
-           "same_diff_ratio": clus.ratio_ci}
+    cis = coh.cis() | {"same_diff_ratio": clus.ratio_ci}
     table = pd.DataFrame({
         "name": [names[i] for i in sel.index], "cluster": sel.clusters, "delta_y_norm": sel.magnitude,
         "jacobian_cluster": clus.jacobian_clusters,
@@ -284,16 +297,6 @@ def routing_coherence(
               "observed": np.array([coh.mantel.pearson])}
     return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=coh.mantel.null_pearson,
                        tables={"knockdowns": table})
-
-
-def two_sided_bootstrap_p(draws: np.ndarray) -> float:
-    """Two-sided p of 'the statistic is 0' from its bootstrap draws: 2 · min tail share, +1-corrected, ≤ 1."""
-    draws = np.asarray(draws, dtype=float)
-    draws = draws[np.isfinite(draws)]
-    if draws.size == 0:
-        return float("nan")
-    tail = min(np.count_nonzero(draws <= 0), np.count_nonzero(draws >= 0))
-    return float(min(1.0, 2 * (1 + tail) / (draws.size + 1)))
 
 
 @probe(
@@ -313,16 +316,19 @@ def routing_coherence_difference(
 
     Each model's knockdowns are selected as in ``routing_coherence`` with the
     same parameters. ``difference`` = pearson_a − pearson_b (and
-    ``spearman_difference``); its CI and two-sided ``p_difference`` come from a
-    bootstrap that resamples each model's selected knockdowns independently
-    (percentile CI; p = twice the smaller share of draws on either side of 0).
+    ``spearman_difference``), with ``SE = sqrt(SE_a² + SE_b²)`` from each
+    model's corrected leave-one-knockdown-out jackknife (its knockdowns taken
+    as an independent sample): CI ``difference ± q · SE`` and two-sided
+    ``p_difference`` from the t distribution with Welch–Satterthwaite degrees
+    of freedom (each SE's: K − 1), on the r scale, the scale of the
+    equivalence margin; ``pearson_a`` … ``spearman_b`` carry Fisher-z CIs.
     This needs no pairing, so it is valid whether the selections share
     knockdowns or not; where they share knockdowns and the two estimates are
     positively correlated, ignoring that correlation overstates the variance of
-    the difference, so the test errs conservative. The KD bootstrap of a
-    pairwise statistic is itself conservative (``probes.routing_calibration``:
-    its FPR under equal coherence is far below alpha), so the CI of
-    ``difference`` is wider than nominal. ``p_a`` / ``p_b``: each model's
+    the difference, so the test errs conservative. ``probes.routing_calibration``
+    measures the CI coverage and the test's FPR under equal coherence and its
+    power (the plain jackknife and the KD bootstrap it replaced overstate the
+    spread about 1.2–1.3× and 1.4–1.5×). ``p_a`` / ``p_b``: each model's
     one-sided Mantel p for its own coherence. With ``equivalence_margin`` m,
     a CI that covers 0 yet reaches past ± m is inconclusive: such data could
     not have shown the models alike.
@@ -335,27 +341,24 @@ def routing_coherence_difference(
                if (r := _too_few(int(sel.index.size), params)) is not None]
     if reasons:
         return ProbeResult(metrics=metrics, inconclusive="; ".join(reasons))
-    a = coherence(sel_a, rng, params.permutations, params.bootstrap)
-    b = coherence(sel_b, rng, params.permutations, params.bootstrap)
-    diff_draws = a.pearson_draws - b.pearson_draws
-    spearman_draws = a.spearman_draws - b.spearman_draws
+    a = coherence(sel_a.jacobian_similarity, sel_a.delta_y_similarity, rng, params.permutations)
+    b = coherence(sel_b.jacobian_similarity, sel_b.delta_y_similarity, rng, params.permutations)
+    diff = welch_difference(a.mantel.pearson, a.se_pearson, a.df, b.mantel.pearson, b.se_pearson, b.df)
+    spearman = welch_difference(a.mantel.spearman, a.se_spearman, a.df, b.mantel.spearman, b.se_spearman, b.df)
     metrics |= {
         "pearson_a": a.mantel.pearson, "pearson_b": b.mantel.pearson, "spearman_a": a.mantel.spearman,
-        "spearman_b": b.mantel.spearman, "difference": a.mantel.pearson - b.mantel.pearson,
-        "spearman_difference": a.mantel.spearman - b.mantel.spearman,
-        "p_difference": two_sided_bootstrap_p(diff_draws),
-        "p_spearman_difference": two_sided_bootstrap_p(spearman_draws),
+        "spearman_b": b.mantel.spearman, "difference": diff.estimate, "spearman_difference": spearman.estimate,
+        "p_difference": diff.p, "p_spearman_difference": spearman.p,
         "p_a": a.mantel.p_pearson, "p_b": b.mantel.p_pearson,
     }
-    cis = {"difference": percentile_ci(diff_draws), "spearman_difference": percentile_ci(spearman_draws),
-           "pearson_a": percentile_ci(a.pearson_draws), "pearson_b": percentile_ci(b.pearson_draws),
-           "spearman_a": percentile_ci(a.spearman_draws), "spearman_b": percentile_ci(b.spearman_draws)}
+    cis = {"difference": diff.ci, "spearman_difference": spearman.ci} | {
+        f"{metric}_{which}": ci for which, coh in (("a", a), ("b", b)) for metric, ci in coh.cis().items()}
     low, high = cis["difference"]
     margin = params.equivalence_margin
     undecided = margin is not None and low <= 0 <= high and (low < -margin or high > margin)
     reason = (f"the difference's CI [{low:.3g}, {high:.3g}] covers 0 but reaches past ± {margin:g}: these data "
               "cannot tell the models alike from different" if undecided else None)
-    return ProbeResult(metrics=metrics, cis=cis, arrays={"difference_bootstrap": diff_draws}, inconclusive=reason)
+    return ProbeResult(metrics=metrics, cis=cis, inconclusive=reason)
 
 
 @probe(
@@ -377,7 +380,8 @@ def routing_stability(
     and ``J_k^ref`` (``agreement_min`` the smallest; CI bootstraps KDs);
     ``relative_change``: mean ``‖J_k − J_k^ref‖_F / ‖J_k^ref‖_F``. ``pearson`` /
     ``spearman`` / ``p_pearson``: routing coherence of these KDs at this setting
-    (as ``routing_coherence``, without selection). KDs with a zero-norm Jacobian
+    (as ``routing_coherence``, without selection; Fisher-z CIs with the
+    corrected jackknife SE). KDs with a zero-norm Jacobian
     at either setting are left out (``n_zero_norm``). ``cell_counts`` and
     ``convergence`` are passed through for the convergence plot.
     """
@@ -403,14 +407,12 @@ def routing_stability(
     gram = flat[keep] @ flat[keep].T
     jac_sim, _ = cosine_from_gram(gram)
     dy_sim = cosine_matrix(dy[keep])
-    test = mantel(jac_sim, dy_sim, rng, params.permutations)
-    pearson_draws, spearman_draws = bootstrap_correlations(jac_sim, dy_sim, rng, params.bootstrap)
+    coh = coherence(jac_sim, dy_sim, rng, params.permutations)
     metrics |= {
         "agreement": float(agreement.mean()), "agreement_min": float(agreement.min()),
-        "relative_change": float(change.mean()), "pearson": test.pearson, "spearman": test.spearman,
-        "p_pearson": test.p_pearson, "p_spearman": test.p_spearman,
+        "relative_change": float(change.mean()), "pearson": coh.mantel.pearson, "spearman": coh.mantel.spearman,
+        "p_pearson": coh.mantel.p_pearson, "p_spearman": coh.mantel.p_spearman,
     }
-    cis = {"agreement": bootstrap_mean_ci(agreement, rng, params.bootstrap),
-           "pearson": percentile_ci(pearson_draws), "spearman": percentile_ci(spearman_draws)}
+    cis = {"agreement": bootstrap_mean_ci(agreement, rng, params.bootstrap)} | coh.cis()
     arrays |= {"jacobian": upper(jac_sim), "delta_y": upper(dy_sim)}
     return ProbeResult(metrics=metrics, cis=cis, arrays=arrays)

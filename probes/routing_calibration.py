@@ -10,20 +10,31 @@ as in real ΔY) — so ΔY clusters exist. Jacobians are rows of a feature matri
   shared direction and heterogeneous norms, all independent of ΔY;
 - *planted*: features ``[s · unit(ΔY_k), noise_k]``, so the Jacobian cosine is
   an increasing function of the ΔY cosine plus noise (``planted_signal`` = s);
-- *difference null*: two independent planted worlds with the same signal
-  (equal routing coherence), for ``routing_coherence_difference``; its power
-  row pairs a planted with an iid-null world.
+- *difference null*: the two halves of one planted world of 2K KDs (the same
+  programs, so equal routing coherence; independent KD samples), for
+  ``routing_coherence_difference``; its power row gives the second half
+  iid-null Jacobians.
 
 Each world is one call of the probe itself (vectorised permutation and
 bootstrap engines), with calibration-sized permutation and bootstrap counts.
 FPR: share of null runs with p < alpha; MC bound: alpha + 2 binomial SEs.
 
-The KD bootstrap behind the CIs and ``p_difference`` is conservative: its
-spread also carries the pair-level noise of the resample's row means
-(about 1.4× the sampling sd of Pearson r measured over repeated draws of 40
-and 150 KDs from one fixed population in these worlds), so the difference
-test rejects far less often than alpha under its null and CIs are wider than
-nominal — the safe direction for "alike" and "below a threshold" claims.
+*CI coverage* (``calibrate_coverage``): fixed populations of
+``coverage_population`` KDs (one planted, and per shift one whose Pearson r
+over all pairs is lower by the shift; same ΔY); repeated samples of K KDs
+(without replacement) from each. Coverage: share of 95 % CIs that contain the
+population's r (Pearson and Spearman over all its pairs); spread ratio: the
+method's mean SE (bootstrap: sd of its draws) over the sd of r across samples.
+Methods: the KD bootstrap (percentile CI), the plain leave-one-KD-out
+jackknife, and the corrected jackknife (``matrixstats.jackknife_se`` with the
+pairs' influence: the plain jackknife counts the pair-level variance term
+about twice), both with Fisher-z CIs and t quantiles (K − 1 df). Difference
+test (t p with ``sqrt(SE_a² + SE_b²)`` and Welch df; bootstrap: the draws'
+difference): FPR between two
+samples of one population, power between the planted population and each
+shifted one. The method chosen is the one whose coverage is closest to 95 %
+without falling below ``COVERAGE_FLOOR`` at any K; the probes use the
+corrected jackknife.
 
 Usage::
 
@@ -42,12 +53,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import optimize, stats
 from threadpoolctl import threadpool_limits
 
 from hypocheck.stats import derive_seed
 
 from .calibration import mc_bound
-from .matrixstats import unit_rows
+from .matrixstats import (
+    bootstrap_correlations,
+    cosine_from_gram,
+    fisher_ci,
+    jackknife_correlations,
+    jackknife_se,
+    pair_influence,
+    percentile_ci,
+    unit_rows,
+    upper,
+    welch_difference,
+)
 from .routing import DifferenceParams, RoutingParams, routing_coherence, routing_coherence_difference
 
 FAMILIES = {"mantel_pearson": "p_pearson", "mantel_spearman": "p_spearman", "cluster_ratio": "p_ratio",
@@ -74,9 +97,17 @@ class RoutingCalibrationConfig:
     bootstrap: int = 99
     base_seed: int = 71300
     alpha: float = 0.05
+    # CI coverage and the difference test: KD samples of each size from fixed populations of KDs
+    coverage_population: int = 4000  # KDs per population (K / N ≤ 4 %: little finite-population excess)
+    coverage_sizes: tuple[int, ...] = (40, 150)
+    coverage_draws: tuple[int, ...] = (600, 300)  # KD samples per population, one count per size
+    coverage_bootstrap: int = 200  # resamples of the KD bootstrap the jackknife is compared with
+    coverage_shifts: tuple[float, ...] = (0.1, 0.2)  # Pearson r of the weaker populations below the first
 
 
-QUICK = RoutingCalibrationConfig(null_worlds=120, planted_worlds=40, difference_worlds=80)
+QUICK = RoutingCalibrationConfig(null_worlds=120, planted_worlds=40, difference_worlds=80,
+                                 coverage_population=1500, coverage_draws=(160, 24), coverage_bootstrap=99,
+                                 coverage_shifts=(0.2,))
 PLANTED = "planted: J-sim = f(ΔY-sim) + noise"
 WEAK = "planted (weak): J-sim = f(ΔY-sim) + more noise"
 
@@ -127,9 +158,11 @@ def _world_p(cfg: RoutingCalibrationConfig, params: RoutingParams, seed_key: str
 
 
 def _difference_p(cfg: RoutingCalibrationConfig, params: DifferenceParams, seed_key: str, planted_b: bool) -> float:
-    """p_difference of two independent worlds: both planted alike (null), or planted vs iid null (power)."""
+    """p_difference of two models on independent halves of one world of 2K KDs (same programs, so the same
+    population): both planted alike (equal coherence, the null), or planted vs iid-null Jacobians (power)."""
     rng = np.random.default_rng(derive_seed(cfg.base_seed, seed_key))
-    dy_a, dy_b = delta_y_world(rng, cfg), delta_y_world(rng, cfg)
+    delta_y = delta_y_world(rng, replace(cfg, n_kds=2 * cfg.n_kds))
+    dy_a, dy_b = delta_y[: cfg.n_kds], delta_y[cfg.n_kds :]
     f_a = planted_features(rng, dy_a, cfg.planted_signal, cfg.jacobian_dim)
     f_b = planted_features(rng, dy_b, cfg.planted_signal, cfg.jacobian_dim) if planted_b else null_features(
         rng, cfg, structured=False)
@@ -137,6 +170,161 @@ def _difference_p(cfg: RoutingCalibrationConfig, params: DifferenceParams, seed_
         delta_y_a=dy_a, jacobian_gram_a=f_a @ f_a.T, names_a=_names(cfg.n_kds), delta_y_b=dy_b,
         jacobian_gram_b=f_b @ f_b.T, names_b=_names(cfg.n_kds), params=params, rng=rng)
     return res.metrics["p_difference"]
+
+
+# ---------------------------------------------------------------- CI coverage: jackknife vs KD bootstrap
+
+METHODS = ("corrected jackknife", "jackknife", "bootstrap")
+JACKKNIFES = {"corrected jackknife": "se_corrected", "jackknife": "se_plain"}
+METRICS = ("pearson", "spearman")
+COVERAGE_FLOOR = 0.93  # a method undercovers below this at any K or metric
+
+
+@dataclass(frozen=True)
+class Population:
+    """A fixed population of KDs: Jacobian and ΔY cosine matrices, and Pearson and Spearman r over all pairs."""
+
+    name: str
+    jacobian: np.ndarray
+    delta_y: np.ndarray
+    truth: tuple[float, float]
+
+
+def _pair_correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    return float(np.corrcoef(x, y)[0, 1]), float(stats.spearmanr(x, y).statistic)
+
+
+def _signal_squared(target: float, y: np.ndarray, noise: np.ndarray) -> float:
+    """``t`` with Pearson r of ``t · y + noise`` against ``y`` equal to ``target`` (it rises from ≈ 0 to 1)."""
+    def gap(t: float) -> float:
+        return float(np.corrcoef(t * y + noise, y)[0, 1]) - target
+    return float(optimize.brentq(gap, 0.0, 1e6, xtol=1e-10))
+
+
+def coverage_populations(cfg: RoutingCalibrationConfig) -> list[Population]:
+    """One planted population (``planted_signal``) and, per shift, one whose Pearson r is lower by the shift.
+
+    Same ΔY population throughout; each has its own Jacobian noise. Features
+    ``[s · unit(ΔY_k), noise_k]`` have cosine ``(s² cos ΔY + cos noise) / (1 + s²)``,
+    so a population's r is set exactly by solving for ``s²``.
+    """
+    rng = np.random.default_rng(derive_seed(cfg.base_seed, "coverage-population"))
+    delta_y = delta_y_world(rng, replace(cfg, n_kds=cfg.coverage_population))
+    unit = unit_rows(delta_y)
+    y_sim = unit @ unit.T
+    y = upper(y_sim)
+    first = planted_features(rng, delta_y, cfg.planted_signal, cfg.jacobian_dim)
+    x_sim = cosine_from_gram(first @ first.T)[0]
+    pops = [Population("planted", x_sim, y_sim, _pair_correlations(upper(x_sim), y))]
+    for shift in cfg.coverage_shifts:
+        noise = planted_features(rng, delta_y, 0.0, cfg.jacobian_dim)
+        noise_sim = cosine_from_gram(noise @ noise.T)[0]
+        t = _signal_squared(pops[0].truth[0] - shift, y, upper(noise_sim))
+        x_sim = (t * y_sim + noise_sim) / (1 + t)
+        pops.append(Population(f"planted − {shift:g}", x_sim, y_sim, _pair_correlations(upper(x_sim), y)))
+    return pops
+
+
+def _samples(pop: Population, k: int, draws: int, n_boot: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``draws`` samples of ``k`` KDs (without replacement): estimates, jackknife SEs and CIs, bootstrap draws.
+
+    Axis 1 is the metric (Pearson, Spearman)."""
+    out = {name: np.empty((draws, 2)) for name in ("estimate", "se_plain", "se_corrected")}
+    boot = np.empty((draws, 2, n_boot))
+    for d in range(draws):
+        index = rng.choice(pop.jacobian.shape[0], size=k, replace=False)
+        block = np.ix_(index, index)
+        x_sim, y_sim = pop.jacobian[block], pop.delta_y[block]
+        out["estimate"][d] = _pair_correlations(upper(x_sim), upper(y_sim))
+        influences = pair_influence(x_sim, y_sim)
+        for m, leave_out in enumerate(jackknife_correlations(x_sim, y_sim)):
+            out["se_plain"][d, m] = jackknife_se(leave_out)
+            out["se_corrected"][d, m] = jackknife_se(leave_out, influences[m])
+        boot[d] = bootstrap_correlations(x_sim, y_sim, rng, n_boot)
+    for method, se in JACKKNIFES.items():
+        out[f"ci_{method}"] = np.array([[fisher_ci(float(out["estimate"][d, m]), float(out[se][d, m]), k - 1)
+                                         for m in range(2)] for d in range(draws)])
+    out["ci_bootstrap"] = np.array([[percentile_ci(boot[d, m]) for m in range(2)] for d in range(draws)])
+    return out | {"bootstrap": boot}
+
+
+def two_sided_bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided p of 'the statistic is 0' from its bootstrap draws: 2 · min tail share, +1-corrected, ≤ 1."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return float("nan")
+    tail = min(np.count_nonzero(draws <= 0), np.count_nonzero(draws >= 0))
+    return float(min(1.0, 2 * (1 + tail) / (draws.size + 1)))
+
+
+def _difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], da: int, db: int, m: int,
+                method: str, k: int) -> tuple[float, float]:
+    """(p, CI width) of the difference of metric ``m`` between sample ``da`` of ``a`` and ``db`` of ``b``
+    (``k`` KDs each)."""
+    if method in JACKKNIFES:
+        se = JACKKNIFES[method]
+        res = welch_difference(float(a["estimate"][da, m]), float(a[se][da, m]), k - 1,
+                               float(b["estimate"][db, m]), float(b[se][db, m]), k - 1)
+        return res.p, res.ci[1] - res.ci[0]
+    draws = a["bootstrap"][da, m] - b["bootstrap"][db, m]
+    low, high = percentile_ci(draws)
+    return two_sided_bootstrap_p(draws), high - low
+
+
+def calibrate_coverage(cfg: RoutingCalibrationConfig) -> dict[str, Any]:
+    """Coverage of the 95 % CIs of Pearson and Spearman r (jackknife, Fisher z; KD bootstrap, percentile) over
+    KD samples of each size from fixed populations; FPR of the difference test between two samples of one
+    population and its power between populations whose Pearson r differs by each shift."""
+    if len(cfg.coverage_draws) != len(cfg.coverage_sizes):
+        raise ValueError("coverage_draws needs one count per coverage size")
+    start = time.perf_counter()
+    pops = coverage_populations(cfg)
+    coverage: list[dict[str, Any]] = []
+    difference: list[dict[str, Any]] = []
+    for k, draws in zip(cfg.coverage_sizes, cfg.coverage_draws, strict=True):
+        samples = [_samples(pop, k, draws, cfg.coverage_bootstrap,
+                            np.random.default_rng(derive_seed(cfg.base_seed, f"coverage:{pop.name}:{k}")))
+                   for pop in pops]
+        for method in METHODS:
+            for m, metric in enumerate(METRICS):
+                covered, spread = 0, []
+                for pop, sample in zip(pops, samples, strict=True):
+                    ci = sample[f"ci_{method}"][:, m]
+                    covered += int(np.count_nonzero((ci[:, 0] <= pop.truth[m]) & (pop.truth[m] <= ci[:, 1])))
+                    claimed = (sample[JACKKNIFES[method]][:, m] if method in JACKKNIFES
+                               else sample["bootstrap"][:, m].std(axis=1))
+                    spread.append(float(np.mean(claimed) / np.std(sample["estimate"][:, m], ddof=1)))
+                n = draws * len(pops)
+                coverage.append({"method": method, "metric": metric, "k": k, "n_samples": n,
+                                 "coverage": covered / n, "spread_ratio": float(np.mean(spread))})
+                pairs = {"null": [(samples[0], 2 * d, samples[0], 2 * d + 1) for d in range(draws // 2)]}
+                for shift, sample in zip(cfg.coverage_shifts, samples[1:], strict=True):
+                    pairs[f"shift {shift:g}"] = [(samples[0], d, sample, d) for d in range(draws)]
+                for condition, items in pairs.items():
+                    results = np.array([_difference(a, b, da, db, m, method, k) for a, da, b, db in items])
+                    row = {"method": method, "metric": metric, "k": k, "condition": condition,
+                           "n_runs": len(results), "rate": float(np.mean(results[:, 0] < cfg.alpha)),
+                           "mean_width": float(np.mean(results[:, 1]))}
+                    if condition == "null":
+                        row["bound"] = mc_bound(cfg.alpha, len(results))
+                    difference.append(row)
+    return {"populations": [{"name": p.name, "pearson": p.truth[0], "spearman": p.truth[1]} for p in pops],
+            "coverage": coverage, "difference": difference, "choice": choose_method(coverage),
+            "seconds": time.perf_counter() - start}
+
+
+def choose_method(coverage: list[dict[str, Any]], level: float = 0.95) -> dict[str, Any]:
+    """The method whose coverage is closest to ``level`` (worst case over K and metric) among those that never
+    fall below ``COVERAGE_FLOOR``; None when neither qualifies (the bootstrap stays)."""
+    summary = {}
+    for method in METHODS:
+        values = [r["coverage"] for r in coverage if r["method"] == method]
+        summary[method] = {"min_coverage": min(values), "max_distance": max(abs(v - level) for v in values),
+                           "adequate": min(values) >= COVERAGE_FLOOR}
+    adequate = [m for m in METHODS if summary[m]["adequate"]]
+    chosen = min(adequate, key=lambda m: summary[m]["max_distance"]) if adequate else None
+    return {"chosen": chosen, "floor": COVERAGE_FLOOR, "level": level, "methods": summary}
 
 
 def _rate(ps: Iterable[float], alpha: float) -> tuple[int, int, int]:
@@ -161,18 +349,20 @@ def calibrate_routing(cfg: RoutingCalibrationConfig | None = None) -> dict[str, 
         diff_null = [_difference_p(cfg, params, f"difference-null:{s}", True) for s in range(cfg.difference_worlds)]
         diff_power = [_difference_p(cfg, params, f"difference-planted:{s}", False)
                       for s in range(cfg.difference_worlds)]
+        coverage = calibrate_coverage(cfg)
     rows: list[dict[str, Any]] = []
     for family in FAMILIES:
         for data, results in runs.items():
             rows.append(_row(family, data, [r[family] for r in results], cfg.alpha))
-    rows.append(_row("difference", "null: two planted worlds, equal coherence", diff_null, cfg.alpha))
-    rows.append(_row("difference", "planted: planted vs iid-null world", diff_power, cfg.alpha))
+    rows.append(_row("difference", "null: two KD samples of one planted world, equal coherence", diff_null,
+                     cfg.alpha))
+    rows.append(_row("difference", "planted: planted vs iid-null Jacobians", diff_power, cfg.alpha))
     families = [_family(f, rows, cfg.alpha) for f in (*FAMILIES, "difference")]
     mean_r = {data: float(np.nanmean([r["r"] for r in runs[data]])) if runs[data] else math.nan
               for data in (PLANTED, WEAK)}
     return {"alpha": cfg.alpha, "config": asdict(cfg), "seconds": time.perf_counter() - start,
             "planted_mean_pearson": mean_r[PLANTED], "weak_mean_pearson": mean_r[WEAK],
-            "families": families, "rows": rows}
+            "families": families, "rows": rows, "coverage": coverage}
 
 
 def _row(family: str, data: str, ps: list[float], alpha: float) -> dict[str, Any]:
@@ -222,8 +412,34 @@ def markdown(result: dict[str, Any]) -> str:
         bound = f"{r['bound']:.3f}" if "bound" in r else ""
         within = ("yes" if r["within_bound"] else "NO") if "within_bound" in r else ""
         lines.append(f"| {r['family']} | {r['data']} | {r['n_runs']} | {r['rate']:.3f} | {bound} | {within} |")
+    lines += coverage_markdown(result["coverage"], result["alpha"])
     lines += ["", (__doc__ or "").split("Usage::")[0].strip(), ""]
     return "\n".join(lines)
+
+
+def coverage_markdown(coverage: dict[str, Any], alpha: float) -> list[str]:
+    """The coverage section: populations, coverage per method / metric / K, the difference test, the choice."""
+    pops = "; ".join(f"{p['name']}: Pearson {p['pearson']:.3f}, Spearman {p['spearman']:.3f}"
+                     for p in coverage["populations"])
+    choice = coverage["choice"]
+    lines = ["", "## CI coverage and the difference test: jackknife vs KD bootstrap", "",
+             f"Populations (r over all pairs): {pops}. {coverage['seconds']:.0f} s.", "",
+             "| method | metric | K | samples | coverage of 95 % CI | spread ratio |", "|---|---|---:|---:|---:|---:|"]
+    for r in coverage["coverage"]:
+        lines.append(f"| {r['method']} | {r['metric']} | {r['k']} | {r['n_samples']} | {r['coverage']:.3f} | "
+                     f"{r['spread_ratio']:.2f} |")
+    lines += ["", f"Difference test (alpha {alpha}): rejection rate, mean width of the difference's 95 % CI.", "",
+              "| method | metric | K | condition | runs | rate | MC bound | mean CI width |",
+              "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in coverage["difference"]:
+        bound = f"{r['bound']:.3f}" if "bound" in r else ""
+        lines.append(f"| {r['method']} | {r['metric']} | {r['k']} | {r['condition']} | {r['n_runs']} | "
+                     f"{r['rate']:.3f} | {bound} | {r['mean_width']:.3f} |")
+    summary = ", ".join(f"{m}: min coverage {v['min_coverage']:.3f}, max |coverage − {choice['level']}| "
+                        f"{v['max_distance']:.3f}" for m, v in choice["methods"].items())
+    lines += ["", f"Chosen (closest to {choice['level']} without falling below {choice['floor']}): "
+              f"**{choice['chosen'] or 'none adequate'}** ({summary}).", ""]
+    return lines
 
 
 def write_reports(result: dict[str, Any], out_dir: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """Known answers for NB05–NB10 routing: cosine from the Gram, upper-triangle correlations, Mantel and label
-permutations, KD bootstrap, Ward selection, ARI, SVD share, the difference and the stability probes."""
+permutations, KD bootstrap, KD jackknife (plain and corrected), Fisher-z and normal-difference CIs, Ward
+selection, ARI, SVD share, the difference and the stability probes."""
 
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ from hypocheck.registry import get_probe
 from probes.matrixstats import (
     adjusted_rand_rows,
     bootstrap_correlations,
+    correlation_ses,
     cosine_from_gram,
+    fisher_ci,
     gram_embedding,
+    jackknife_correlations,
+    jackknife_se,
     mantel,
+    pair_influence,
     unit_rows,
     upper,
     ward_labels,
+    welch_difference,
 )
 from probes.routing import (
     DifferenceParams,
@@ -160,6 +167,94 @@ def test_bootstrap_matches_explicit_resamples(ties: bool) -> None:
     np.testing.assert_allclose(spearman, exp_s, atol=1e-10)
 
 
+def small_pair(ties: bool, n: int = 9, seed: int = 2):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(n, 5)), rng.normal(size=(n, 5))
+    x_sim, y_sim = unit_rows(a) @ unit_rows(a).T, unit_rows(a + b) @ unit_rows(a + b).T
+    return (np.round(x_sim, 1), np.round(y_sim, 1)) if ties else (x_sim, y_sim)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_jackknife_matches_explicit_leave_one_out_correlations(ties: bool) -> None:
+    x_sim, y_sim = small_pair(ties)
+    pearson, spearman = jackknife_correlations(x_sim, y_sim)
+    exp_p, exp_s = [], []
+    for m in range(9):
+        keep = np.delete(np.arange(9), m)
+        xs, ys = upper(x_sim[np.ix_(keep, keep)]), upper(y_sim[np.ix_(keep, keep)])
+        exp_p.append(stats.pearsonr(xs, ys).statistic)
+        exp_s.append(stats.spearmanr(xs, ys).statistic)
+    np.testing.assert_allclose(pearson, exp_p, atol=1e-12)
+    np.testing.assert_allclose(spearman, exp_s, atol=1e-12)
+
+
+def test_jackknife_se_plain_and_corrected_by_hand() -> None:
+    rng = np.random.default_rng(3)
+    leave_out, influence = 0.3 + 0.05 * rng.normal(size=20), rng.normal(size=190)
+    k = 20
+    v_jack = (k - 1) / k * np.sum((leave_out - leave_out.mean()) ** 2)
+    assert jackknife_se(leave_out) == pytest.approx(math.sqrt(v_jack))
+    zeta2 = np.mean(influence**2)
+    zeta1 = (v_jack - 4 * zeta2 / (k - 2) ** 2) * (k - 2) / 4
+    assert zeta1 > 0  # the unfloored branch
+    expected = math.sqrt((4 * (k - 2) * zeta1 + 2 * zeta2) / (k * (k - 1)))
+    assert jackknife_se(leave_out, influence) == pytest.approx(expected)
+    assert jackknife_se(leave_out, influence) < jackknife_se(leave_out)
+    # all spread explained by pair noise → ζ1 floored at 0: the variance of a mean of P independent pairs
+    assert jackknife_se(np.full(k, 0.3), influence) == pytest.approx(math.sqrt(2 * zeta2 / (k * (k - 1))))
+    assert math.isnan(jackknife_se(np.r_[leave_out[:-1], np.nan]))
+
+
+def test_pair_influence_matches_leave_one_pair_out() -> None:
+    """r − r₍₋ₚ₎ ≈ influence_p / (P − 1) for every pair p: the empirical influence of the pair."""
+    x_sim, y_sim = small_pair(False, n=12, seed=1)
+    x, y = upper(x_sim), upper(y_sim)
+    size = x.size
+    influence = pair_influence(x_sim, y_sim)
+    for corr, inf in zip((stats.pearsonr, stats.spearmanr), influence, strict=True):
+        full = corr(x, y).statistic
+        empirical = np.array([(size - 1) * (full - corr(np.delete(x, q), np.delete(y, q)).statistic)
+                              for q in range(size)])
+        assert np.corrcoef(inf, empirical)[0, 1] > 0.995
+        assert np.mean(inf**2) == pytest.approx(np.mean(empirical**2), rel=0.1)
+        assert abs(inf.mean()) < 1e-12
+
+
+def test_fisher_and_normal_difference_intervals() -> None:
+    lo, hi = fisher_ci(0.4, 0.05)
+    half = 1.959963984540054 * 0.05 / (1 - 0.16)
+    assert (lo, hi) == pytest.approx((math.tanh(math.atanh(0.4) - half), math.tanh(math.atanh(0.4) + half)))
+    assert lo < 0.4 < hi and hi - 0.4 < 0.4 - lo  # skewed towards 0 on the r scale
+    t_lo, t_hi = fisher_ci(0.4, 0.05, df=39)
+    t_half = 2.022690920036761 * 0.05 / (1 - 0.16)
+    assert (t_lo, t_hi) == pytest.approx((math.tanh(math.atanh(0.4) - t_half), math.tanh(math.atanh(0.4) + t_half)))
+    assert fisher_ci(1.0, 0.0, df=20) == pytest.approx((1.0, 1.0))
+    assert all(math.isnan(v) for v in fisher_ci(float("nan"), 0.1))
+    diff = welch_difference(0.5, 0.03, 29, 0.4, 0.04, 39)
+    df = 0.05**4 / (0.03**4 / 29 + 0.04**4 / 39)
+    assert diff.estimate == pytest.approx(0.1) and diff.se == pytest.approx(0.05) and diff.df == pytest.approx(df)
+    assert 29 < df < 29 + 39
+    assert diff.p == pytest.approx(2 * stats.t.sf(2.0, df))
+    q = stats.t.ppf(0.975, df)
+    assert diff.ci == pytest.approx((0.1 - q * 0.05, 0.1 + q * 0.05))
+    assert welch_difference(0.5, 0.03, np.inf, 0.4, 0.04, np.inf).p == pytest.approx(2 * stats.norm.sf(2.0))
+    assert welch_difference(0.3, 0.0, 9, 0.3, 0.0, 9).p == 1.0 and welch_difference(0.3, 0.0, 9, 0.2, 0.0, 9).p == 0.0
+
+
+def test_probe_cis_are_the_corrected_jackknife() -> None:
+    delta_y, _ = clustered_world(13)
+    jac = jacobians_like(delta_y, np.random.default_rng(7), noise=3.0)
+    res = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5)
+    flat = jac.reshape(jac.shape[0], -1)
+    x_sim, y_sim = unit_rows(flat) @ unit_rows(flat).T, unit_rows(delta_y) @ unit_rows(delta_y).T
+    se_p, se_s = correlation_ses(x_sim, y_sim)
+    assert 0 < se_p < jackknife_se(jackknife_correlations(x_sim, y_sim)[0])
+    assert res.cis["pearson"] == pytest.approx(fisher_ci(res.metrics["pearson"], se_p, df=23))
+    assert res.cis["spearman"] == pytest.approx(fisher_ci(res.metrics["spearman"], se_s, df=23))
+    other = run(delta_y, gram_of(jac), seed=5, selection="all", n_clusters=4, min_kds=5)
+    assert other.cis["pearson"] == res.cis["pearson"]  # the jackknife draws nothing
+
+
 def test_adjusted_rand_rows_matches_sklearn() -> None:
     rng = np.random.default_rng(1)
     b = rng.integers(0, 4, 30)
@@ -284,8 +379,10 @@ def test_difference_of_identical_models_is_zero_with_a_ci_covering_it() -> None:
     assert res.metrics["difference"] == 0.0 and res.metrics["spearman_difference"] == 0.0
     lo, hi = res.cis["difference"]
     assert lo < 0 < hi
-    assert res.metrics["p_difference"] > 0.5
+    assert res.metrics["p_difference"] == 1.0 and res.cis["difference"] == pytest.approx((-hi, hi))
     assert res.metrics["pearson_a"] == res.metrics["pearson_b"]
+    se = correlation_ses(*(unit_rows(m) @ unit_rows(m).T for m in (jac.reshape(24, -1), delta_y)))[0]
+    assert hi == pytest.approx(stats.t.ppf(0.975, 46) * math.sqrt(2) * se)  # Welch df: 2 (K − 1)
     single = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5)
     assert res.metrics["pearson_a"] == pytest.approx(single.metrics["pearson"])
 

@@ -14,10 +14,12 @@ import pytest
 
 from probes.matrixstats import cosine_from_gram, unit_rows, upper
 from probes.routing_calibration import (
+    COVERAGE_FLOOR,
     FAMILIES,
     PLANTED,
     QUICK,
     calibrate_routing,
+    choose_method,
     delta_y_world,
     null_features,
     planted_features,
@@ -60,6 +62,49 @@ def test_runs_fast_and_writes_reports(result: dict[str, Any], tmp_path: Path) ->
     assert {f["family"] for f in loaded["families"]} == {*FAMILIES, "difference"}
     text = (out / "routing.md").read_text()
     assert "| mantel_pearson |" in text and "MC bound" in text
+    assert "| corrected jackknife | pearson | 40 |" in text and "Chosen" in text
+
+
+def coverage_row(result: dict[str, Any], method: str, metric: str, k: int) -> dict[str, Any]:
+    (found,) = [r for r in result["coverage"]["coverage"] if (r["method"], r["metric"], r["k"]) == (method, metric, k)]
+    return found
+
+
+@pytest.mark.parametrize("metric", ["pearson", "spearman"])
+def test_corrected_jackknife_covers_near_nominal_and_the_others_overcover(result: dict[str, Any], metric: str):
+    """K = 40: 320 samples (MC sd of a 95 % coverage ≈ 0.012); K = 150: 48 samples, a loose check only."""
+    small = coverage_row(result, "corrected jackknife", metric, 40)
+    assert 0.91 <= small["coverage"] <= 0.985, small
+    assert 0.8 <= small["spread_ratio"] <= 1.2, small
+    assert coverage_row(result, "corrected jackknife", metric, 150)["coverage"] >= 0.85
+    for method in ("jackknife", "bootstrap"):  # the pair-level term counted twice: wider than the sampling spread
+        assert coverage_row(result, method, metric, 40)["spread_ratio"] > 1.2
+        assert coverage_row(result, method, metric, 40)["coverage"] >= small["coverage"]
+    assert result["coverage"]["choice"]["chosen"] == "corrected jackknife"
+
+
+def test_difference_test_holds_alpha_and_finds_a_shift(result: dict[str, Any]) -> None:
+    rows = [r for r in result["coverage"]["difference"] if r["method"] == "corrected jackknife"]
+    null = [r for r in rows if r["condition"] == "null"]
+    runs = sum(r["n_runs"] for r in null if r["metric"] == "pearson")
+    rate = sum(r["rate"] * r["n_runs"] for r in null if r["metric"] == "pearson") / runs
+    assert rate <= 0.05 + 2 * (0.05 * 0.95 / runs) ** 0.5
+    (power,) = [r for r in rows if r["condition"] == "shift 0.2" and r["metric"] == "pearson" and r["k"] == 40]
+    assert power["rate"] >= 0.8
+    boot = [r for r in result["coverage"]["difference"] if r["method"] == "bootstrap" and r["k"] == 40
+            and r["condition"] == "shift 0.2" and r["metric"] == "pearson"]
+    assert boot[0]["mean_width"] > power["mean_width"]
+
+
+def test_choice_rule_rejects_undercoverage_and_prefers_nominal() -> None:
+    def rows(values: dict[str, float]) -> list[dict[str, Any]]:
+        return [{"method": m, "coverage": v} for m, v in values.items()]
+    assert choose_method(rows({"corrected jackknife": 0.92, "jackknife": 0.99, "bootstrap": 0.995}))[
+        "chosen"] == "jackknife"
+    assert choose_method(rows({"corrected jackknife": 0.951, "jackknife": 0.99, "bootstrap": 0.995}))[
+        "chosen"] == "corrected jackknife"
+    assert choose_method(rows({"corrected jackknife": COVERAGE_FLOOR - 0.01, "jackknife": 0.9,
+                               "bootstrap": 0.8}))["chosen"] is None
 
 
 def test_worlds_are_what_they_claim() -> None:
