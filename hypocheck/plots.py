@@ -280,6 +280,8 @@ def convergence_curve(result: ProbeResult, info: PlotInfo) -> Figure | None:
     if values.shape[1] > 1:
         ax.fill_between(counts, np.nanmin(values, axis=1), np.nanmax(values, axis=1), alpha=0.25, label="range")
     ax.set_xscale("log")
+    ax.set_xticks(counts, [f"{c:g}" for c in counts])
+    ax.minorticks_off()
     ax.set_xlabel("cells")
     ax.set_ylabel("metric")
     ax.set_title(info.title or "convergence with the number of cells", fontsize=9)

@@ -21,7 +21,7 @@ that are different knockdowns).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -361,6 +361,14 @@ def routing_coherence_difference(
     return ProbeResult(metrics=metrics, cis=cis, inconclusive=reason)
 
 
+def _row_cosines(jacobians: np.ndarray, flat_ref: np.ndarray) -> np.ndarray:
+    """Cosine of each KD's Jacobian with its reference (NaN where either is zero)."""
+    flat = np.asarray(jacobians, dtype=np.float64).reshape(flat_ref.shape)
+    denom = np.linalg.norm(flat, axis=1) * np.linalg.norm(flat_ref, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, np.einsum("ij,ij->i", flat, flat_ref) / denom, np.nan)
+
+
 @probe(
     "routing_stability",
     params=StabilityParams,
@@ -370,7 +378,7 @@ def routing_coherence_difference(
 )
 def routing_stability(
     *, jacobians: np.ndarray, reference_jacobians: np.ndarray, delta_y: np.ndarray, params: StabilityParams,
-    rng: np.random.Generator, cell_counts: Sequence[int] | None = None, convergence: np.ndarray | None = None,
+    rng: np.random.Generator, curve: Mapping[int, np.ndarray] | None = None,
 ) -> ProbeResult:
     """Agreement of held Jacobians with those at a reference cell sample / count, and routing coherence here.
 
@@ -382,8 +390,10 @@ def routing_stability(
     ``spearman`` / ``p_pearson``: routing coherence of these KDs at this setting
     (as ``routing_coherence``, without selection; Fisher-z CIs with the
     corrected jackknife SE). KDs with a zero-norm Jacobian
-    at either setting are left out (``n_zero_norm``). ``cell_counts`` and
-    ``convergence`` are passed through for the convergence plot.
+    at either setting are left out (``n_zero_norm``). ``curve`` (NB10): held
+    Jacobians of the same KDs at several cell counts S; each KD's cosine with
+    the reference at every S becomes ``arrays['convergence']`` (counts × KDs)
+    beside ``arrays['cell_counts']``, drawn as the convergence curve.
     """
     held = np.asarray(jacobians, dtype=np.float64)
     ref = np.asarray(reference_jacobians, dtype=np.float64)
@@ -399,8 +409,10 @@ def routing_stability(
     change = np.linalg.norm(flat[keep] - flat_ref[keep], axis=1) / norm_ref[keep]
     metrics = dict.fromkeys(STABILITY_METRICS, float("nan")) | {"n_kds": n, "n_zero_norm": held.shape[0] - n}
     arrays: dict[str, np.ndarray] = {"cosine": agreement}
-    if cell_counts is not None and convergence is not None:
-        arrays |= {"cell_counts": np.asarray(cell_counts, dtype=float), "convergence": np.asarray(convergence)}
+    if curve:
+        counts = sorted(curve)
+        arrays |= {"cell_counts": np.asarray(counts, dtype=float),
+                   "convergence": np.stack([_row_cosines(curve[s], flat_ref) for s in counts])}
     reason = _too_few(n, params)
     if reason is not None:
         return ProbeResult(metrics=metrics, arrays=arrays, inconclusive=reason)

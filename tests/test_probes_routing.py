@@ -431,12 +431,13 @@ def test_stability_against_itself_and_a_rescaled_reference() -> None:
     assert same.metrics["p_pearson"] < 0.05 and same.metrics["n_kds"] == 24
 
 
-def test_stability_agreement_by_hand_and_convergence_pass_through() -> None:
+def test_stability_agreement_by_hand_and_convergence_curve() -> None:
     rng = np.random.default_rng(6)
     delta_y, _ = clustered_world(12)
     ref = rng.normal(size=(24, 5, 3))
     held = ref + rng.normal(size=ref.shape)
-    res = stability(held, ref, delta_y, cell_counts=[16, 64, 256], convergence=np.array([0.5, 0.8, 1.0]))
+    noisier = ref + 3 * rng.normal(size=ref.shape)
+    res = stability(held, ref, delta_y, curve={256: ref, 16: noisier, 64: held})
     f, r = held.reshape(24, -1), ref.reshape(24, -1)
     cos = np.sum(f * r, axis=1) / np.linalg.norm(f, axis=1) / np.linalg.norm(r, axis=1)
     change = np.linalg.norm(f - r, axis=1) / np.linalg.norm(r, axis=1)
@@ -446,5 +447,10 @@ def test_stability_agreement_by_hand_and_convergence_pass_through() -> None:
     lo, hi = res.cis["agreement"]
     assert lo < cos.mean() < hi
     np.testing.assert_array_equal(res.arrays["cell_counts"], [16, 64, 256])
+    curve = res.arrays["convergence"]
+    assert curve.shape == (3, 24)
+    np.testing.assert_allclose(curve[1], cos)  # S = 64 is this case's own Jacobians
+    np.testing.assert_allclose(curve[2], 1.0)  # the reference against itself
+    assert curve[0].mean() < curve[1].mean()  # noisier Jacobians agree less
     rendered = dict(render_all(res, PlotInfo(title="stability", metrics=res.metrics)))
     assert {"cell-count convergence", "per-knockdown cosine", "Jacobian vs ΔY"} <= set(rendered)
