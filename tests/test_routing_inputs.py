@@ -17,6 +17,7 @@ import yaml
 from fixtures.config import SuiteConfig
 from fixtures.context import SuiteContext
 from fixtures.data import SAMPLINGS
+from fixtures.st_adapter import STAdapter
 from hypocheck.errors import UnknownNameError
 from tests.helpers_tiny import single_thread, tiny_h5ad, tiny_run_dir
 
@@ -86,8 +87,31 @@ def test_jacobian_gram_matches_autograd(ctx: SuiteContext, onehot: bool) -> None
     np.testing.assert_allclose(gram, expected, rtol=2e-4, atol=1e-7 * np.abs(expected).max())
 
 
+def test_the_suites_own_cell_count_is_one_sentence(ctx: SuiteContext) -> None:
+    assert ctx.delta_y("tiny", "hepg2", ("random", CELLS)) is ctx.delta_y("tiny", "hepg2")
+    assert ctx.delta_y("tiny", "hepg2", ("random", CELLS // 2)) is not ctx.delta_y("tiny", "hepg2")
+
+
+def test_knockout_profiles_zero_one_gene_in_every_cell(ctx: SuiteContext) -> None:
+    adapter = ctx.model("tiny")
+    genes = [adapter.gene_names[2], adapter.gene_names[7]]
+    basal, batch = ctx.control_sentence("jurkat", "tiny")
+    with torch.no_grad():
+        r = adapter.encode_perturbation(adapter.onehot([adapter.control_pert]))
+        base = adapter.forward_from_repr(r, basal, batch)[0].mean(0)
+        expected = []
+        for gene in genes:
+            knocked = basal.clone()
+            knocked[:, adapter.gene_names.index(gene)] = 0
+            expected.append((adapter.forward_from_repr(r, knocked, batch)[0].mean(0) - base).double().numpy())
+    np.testing.assert_allclose(ctx.knockout_profiles("tiny", "jurkat", genes), np.stack(expected), rtol=1e-4,
+                               atol=1e-6)
+
+
 def test_pert_weight_is_the_encoder_weight(ctx: SuiteContext) -> None:
-    weight = ctx.model("tiny").model.pert_encoder[0].weight.detach()
+    adapter = ctx.model("tiny")
+    assert isinstance(adapter, STAdapter)
+    weight = adapter.model.pert_encoder[0].weight.detach()
     torch.testing.assert_close(ctx.pert_weight("tiny"), weight, rtol=1e-5, atol=1e-6)
 
 
