@@ -402,11 +402,11 @@ def routing_stability(
         raise ValueError(f"jacobians {held.shape}, reference_jacobians {ref.shape} and delta_y {dy.shape} "
                          "do not describe the same knockdowns")
     flat, flat_ref = held.reshape(held.shape[0], -1), ref.reshape(ref.shape[0], -1)
-    norm, norm_ref = np.linalg.norm(flat, axis=1), np.linalg.norm(flat_ref, axis=1)
-    keep = (norm > 0) & (norm_ref > 0)
+    cosines = _row_cosines(flat, flat_ref)
+    keep = np.isfinite(cosines)  # both Jacobians non-zero
     n = int(keep.sum())
-    agreement = np.einsum("ij,ij->i", flat[keep], flat_ref[keep]) / (norm[keep] * norm_ref[keep])
-    change = np.linalg.norm(flat[keep] - flat_ref[keep], axis=1) / norm_ref[keep]
+    agreement = cosines[keep]
+    change = np.linalg.norm(flat[keep] - flat_ref[keep], axis=1) / np.linalg.norm(flat_ref[keep], axis=1)
     metrics = dict.fromkeys(STABILITY_METRICS, float("nan")) | {"n_kds": n, "n_zero_norm": held.shape[0] - n}
     arrays: dict[str, np.ndarray] = {"cosine": agreement}
     if curve:
