@@ -293,10 +293,30 @@ def test_corrupt_checkpoint(runs: dict[str, Path], tmp_path: Path, damage: str) 
     run = _copy_run(runs["bidirectional"], tmp_path / "run")
     ckpt = run / "checkpoints" / "final.ckpt"
     data = ckpt.read_bytes()
-    ckpt.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(2048), "empty": b""}[damage])
+    damaged = {"truncated": data[: len(data) // 2], "garbage": np.random.default_rng(0).bytes(2048), "empty": b""}
+    ckpt.write_bytes(damaged[damage])
     with pytest.raises(ModelLoadError, match="truncated or corrupt") as err:
         STAdapter.from_run_dir(run)
     assert str(ckpt) in str(err.value)
+
+
+_PREFIXES = [b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04", b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("prefix", _PREFIXES, ids=["raw", "pickle2", "pickle4", "zip", "legacy-magic"])
+def test_any_bytes_load_or_fail_with_a_load_error(tmp_path: Path, prefix: bytes) -> None:
+    """Seeded fuzz: whatever the bytes, both loaders return or raise our own error, never a bare one."""
+    rng = np.random.default_rng(len(prefix))
+    for i in range(150):
+        blob = prefix + rng.bytes(int(rng.integers(0, 400)))
+        file = tmp_path / f"blob{i}.bin"
+        file.write_bytes(blob)
+        for load in (torch_load, load_plain_pickle):
+            try:
+                load(file)
+            except (ModelLoadError, UntrustedPickleError):
+                pass
 
 
 def _rewrite_var_dims(run: Path, **changes) -> None:
@@ -407,7 +427,7 @@ def test_sae_encode_decode(tmp_path: Path, bidi: STAdapter, apply_b_dec: bool) -
     root, w = _write_sae(tmp_path / "sae", apply_b_dec=apply_b_dec)
     sae = SparseAutoencoder.load(root)
     sae.check_compatible(bidi)
-    x = torch.randn(5, HIDDEN)
+    x = torch.randn(5, HIDDEN, generator=torch.Generator().manual_seed(0))
     expected = torch.relu(((x - w["b_dec"]) if apply_b_dec else x) @ w["W_enc"] + w["b_enc"])
     torch.testing.assert_close(sae.encode(x), expected)
     torch.testing.assert_close(sae.decode(expected), expected @ w["W_dec"] + w["b_dec"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pickle
 import shutil
 from collections import Counter
@@ -178,7 +177,8 @@ def _build_run(entry: dict[str, Any], world: dict[str, Path], folder: Path) -> P
         (kind, name), = recipe.items()
         target = run / name
         data = target.read_bytes()
-        target.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(2048), "empty": b""}[kind])
+        damaged = {"truncate": data[: len(data) // 2], "garbage": np.random.default_rng(0).bytes(2048), "empty": b""}
+        target.write_bytes(damaged[kind])
     return run
 
 
