@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import probes  # noqa: F401  (registers probes)
@@ -42,7 +42,6 @@ def load_all(text: str) -> None:
             expand(hyp, doc, base, VOCAB)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_any_document_is_accepted_or_refused_with_own_error(document: dict) -> None:
     try:
@@ -51,7 +50,6 @@ def test_any_document_is_accepted_or_refused_with_own_error(document: dict) -> N
         pass
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_any_text_is_accepted_or_refused_with_own_error(text: str) -> None:
     try:
@@ -60,7 +58,6 @@ def test_any_text_is_accepted_or_refused_with_own_error(text: str) -> None:
         pass
 
 
-@settings(max_examples=500, deadline=None)
 @given(expectations)
 def test_any_expectation_parses_or_raises_syntax_error(text: str) -> None:
     try:
