@@ -7,7 +7,9 @@ for new failures."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["pytester"]
@@ -17,3 +19,12 @@ settings.register_profile("reproducible", max_examples=400, derandomize=True, de
 settings.register_profile("explore", max_examples=20_000, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    from tests.helpers_tiny import single_thread  # imported here: it brings torch and arc-state
+
+    with single_thread():
+        yield

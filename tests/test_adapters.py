@@ -27,15 +27,10 @@ from tests.helpers_tiny import (
     N_GENES,
     PERT_NAMES,
     control_sentence,
-    single_thread,
     tiny_run_dir,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,16 +27,13 @@ from hypocheck.jacobians import (
     pert_jacobians,
     weight_factor,
 )
-from tests.helpers_tiny import HIDDEN, N_GENES, PERT_NAMES, control_sentence, single_thread, tiny_run_dir
+from tests.helpers_tiny import HIDDEN, N_GENES, PERT_NAMES, control_sentence, tiny_run_dir
 
 KDS = ["KD01", "KD03", "KD05", "KD08"]
 CELLS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ SPEC defines: ΔY of every knockdown, the Gram of ∂Ȳ/∂r, the one-hot Gram o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -19,15 +17,12 @@ from fixtures.context import SuiteContext
 from fixtures.data import SAMPLINGS
 from fixtures.st_adapter import STAdapter
 from hypocheck.errors import UnknownNameError
-from tests.helpers_tiny import single_thread, tiny_h5ad, tiny_run_dir
+from tests.helpers_tiny import tiny_h5ad, tiny_run_dir
 
 CELLS = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
