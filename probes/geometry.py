@@ -26,13 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import compare_to_null, random_sets
 
-from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix, matched_bins
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix, matched_bins, unit_rows
 
 
 def nearest_neighbours(sim: np.ndarray, k: int) -> np.ndarray:
@@ -225,7 +219,7 @@ def cross_model_cosine(
     agreement must beat both nulls); CI of ``mean_cosine`` by bootstrap over
     knockdowns.
     """
-    a, b = _unit_rows(embeddings_a), _unit_rows(embeddings_b)
+    a, b = unit_rows(embeddings_a), unit_rows(embeddings_b)
     if a.shape != b.shape:
         raise ValueError(f"embeddings of the two models differ in shape: {a.shape} vs {b.shape}")
     n = a.shape[0]

@@ -16,7 +16,7 @@ from scipy import stats
 
 from hypocheck.registry import ProbeResult, probe
 
-from .setstats import bootstrap_mean_ci
+from .setstats import bootstrap_difference_ci, bootstrap_mean_ci, mean_difference
 
 
 class KnockoutTransferParams(BaseModel):
@@ -57,10 +57,6 @@ def rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
-
-
 def _group_difference(
     rho: np.ndarray, shared: Sequence[int] | None, specific: Sequence[int] | None,
     params: KnockoutTransferParams, rng: np.random.Generator,
@@ -75,11 +71,9 @@ def _group_difference(
     if x.size < 2 or y.size < 2:
         return nan, nan, (nan, nan)
     diff = float(x.mean() - y.mean())
-    perm = stats.permutation_test((x, y), _mean_diff, permutation_type="independent", vectorized=True,
+    perm = stats.permutation_test((x, y), mean_difference, permutation_type="independent", vectorized=True,
                                   n_resamples=params.permutations, alternative="greater", random_state=rng)
-    boot = stats.bootstrap((x, y), _mean_diff, vectorized=True, n_resamples=params.bootstrap,
-                           method="percentile", random_state=rng)
-    return diff, float(perm.pvalue), (float(boot.confidence_interval.low), float(boot.confidence_interval.high))
+    return diff, float(perm.pvalue), bootstrap_difference_ci(x, y, rng, params.bootstrap)
 
 
 @probe(

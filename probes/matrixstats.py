@@ -54,13 +54,6 @@ def ward_labels(points: np.ndarray, n_clusters: int) -> np.ndarray:
     return np.asarray(fcluster(linkage(points, method="ward"), t=n_clusters, criterion="maxclust"), dtype=int)
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
 def upper(matrix: np.ndarray) -> np.ndarray:
     """The strict upper triangle of a square matrix, row by row."""
     return matrix[np.triu_indices(matrix.shape[0], 1)]
@@ -141,8 +134,9 @@ def mantel(x_sim: np.ndarray, y_sim: np.ndarray, rng: np.random.Generator, permu
     """
     n = x_sim.shape[0]
     x, y = upper(x_sim), upper(y_sim)
-    pearson = float(stats.pearsonr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
-    spearman = float(stats.spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+    if not (np.ptp(x) > 0 and np.ptp(y) > 0):  # a constant triangle: no correlation is defined
+        return Mantel(float("nan"), float("nan"), float("nan"), float("nan"), np.array([]))
+    pearson, spearman = float(stats.pearsonr(x, y).statistic), float(stats.spearmanr(x, y).statistic)
     if not (np.isfinite(pearson) and np.isfinite(spearman)):
         return Mantel(pearson, spearman, float("nan"), float("nan"), np.array([]))
     perms = np.argsort(rng.random((permutations, n)), axis=1)

@@ -44,14 +44,13 @@ from .matrixstats import (
     percentile_ci,
     permuted_dots,
     svd_share,
-    unit_rows,
     upper,
     upper_p,
     ward_labels,
     weighted_quadratic,
     welch_difference,
 )
-from .setstats import bootstrap_mean_ci, cosine_matrix
+from .setstats import bootstrap_mean_ci, cosine_matrix, unit_rows
 
 
 class RoutingParams(BaseModel):
@@ -154,15 +153,6 @@ def select_routing(
 # ---------------------------------------------------------------- cluster statistics
 
 
-def _same_cluster_mean(sim: np.ndarray, same: np.ndarray, perms: np.ndarray | None = None) -> np.ndarray:
-    off = sim - np.diag(np.diag(sim))
-    pairs = same.sum() - same.shape[0]
-    mask = same.astype(float) - np.eye(same.shape[0])
-    if perms is None:
-        return np.array([np.sum(off * mask) / pairs])
-    return permuted_dots(off, mask, perms) / pairs
-
-
 @dataclass(frozen=True)
 class ClusterStats:
     """Same- vs different-cluster Jacobian similarity, its permutation p and bootstrap CI; ARI and its p."""
@@ -198,14 +188,13 @@ def cluster_stats(
     if n_same == 0 or n_same == n_pairs:
         return ClusterStats(nan, nan, nan, nan, (nan, nan), jac_clusters, ari, p_ari)
     off = jac_sim - np.diag(np.diag(jac_sim))
+    mask_same = same.astype(float) - np.eye(n)  # ordered pairs of distinct KDs in one cluster
     total = off.sum() / 2
-    same_mean = float(_same_cluster_mean(jac_sim, same)[0])
+    same_mean = float(np.sum(off * mask_same) / (2 * n_same))
     diff_mean = float((total - same_mean * n_same) / (n_pairs - n_same))
-    null = _same_cluster_mean(jac_sim, same, perms)
-    p_ratio = upper_p(same_mean, null)
+    p_ratio = upper_p(same_mean, permuted_dots(off, mask_same, perms) / (2 * n_same))
     # bootstrap over KDs: pair (i, j) of different KDs enters c_i c_j times → quadratic forms
     counts = bootstrap_draw_counts(rng, n, params.bootstrap)
-    mask_same = same.astype(float) - np.eye(n)
     mask_diff = (~same).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio_draws = ((weighted_quadratic(counts, off * mask_same) / weighted_quadratic(counts, mask_same))

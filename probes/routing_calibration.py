@@ -67,11 +67,11 @@ from .matrixstats import (
     jackknife_se,
     pair_influence,
     percentile_ci,
-    unit_rows,
     upper,
     welch_difference,
 )
 from .routing import DifferenceParams, RoutingParams, routing_coherence, routing_coherence_difference
+from .setstats import unit_rows
 
 FAMILIES = {"mantel_pearson": "p_pearson", "mantel_spearman": "p_spearman", "cluster_ratio": "p_ratio",
             "ari": "p_ari"}

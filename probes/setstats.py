@@ -17,11 +17,16 @@ from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, quant
 CHUNK_ELEMENTS = 4_000_000
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
 def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarity of the rows (zero rows get similarity 0)."""
-    x = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    unit = unit_rows(vectors)
     return unit @ unit.T
 
 
@@ -181,6 +186,20 @@ def bootstrap_mean_ci(
         return (np.nan, np.nan)
     res = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
                           vectorized=True, random_state=rng)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``mean(x) − mean(y)`` along ``axis`` (vectorised statistic for scipy's permutation test and bootstrap)."""
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def bootstrap_difference_ci(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_boot: int
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(x) − mean(y)``, each group resampled on its own."""
+    res = stats.bootstrap((x, y), mean_difference, vectorized=True, n_resamples=n_boot, method="percentile",
+                          random_state=rng)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

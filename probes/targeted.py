@@ -21,6 +21,8 @@ from scipy import stats
 
 from hypocheck.registry import ProbeResult, probe
 
+from .setstats import bootstrap_difference_ci
+
 TARGETED_METRICS = (
     "difference", "p", "u_statistic", "rank_biserial", "mean_concordant", "mean_control", "n_concordant",
     "n_control", "n_pairs", "min_attainable_p",
@@ -62,10 +64,6 @@ def _pair_mask(regulators: Sequence[str], targets: Sequence[str], pairs: list[tu
                              f"targets are {list(targets)}")
         mask[reg_index[regulator], tgt_index[target]] = True
     return mask
-
-
-def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
 
 @probe(
@@ -121,9 +119,7 @@ def targeted_jacobian(
                     "u_statistic": float(test.statistic),
                     "rank_biserial": float(2 * test.statistic / (n_x * n_y) - 1)}
     if n_x >= 2 and n_y >= 2:
-        boot = stats.bootstrap((x, y), _mean_diff, vectorized=True, n_resamples=params.bootstrap,
-                               method="percentile", random_state=rng)
-        cis["difference"] = (float(boot.confidence_interval.low), float(boot.confidence_interval.high))
+        cis["difference"] = bootstrap_difference_ci(x, y, rng, params.bootstrap)
     reason = None
     if not n_x or not n_y:
         reason = f"{n_x} concordant and {n_y} control knockdowns with a derivative; both groups are needed"

@@ -24,7 +24,6 @@ from probes.matrixstats import (
     jackknife_se,
     mantel,
     pair_influence,
-    unit_rows,
     upper,
     ward_labels,
     welch_difference,
@@ -37,6 +36,7 @@ from probes.routing import (
     routing_coherence_difference,
     routing_stability,
 )
+from probes.setstats import unit_rows
 
 FAST = {"permutations": 199, "bootstrap": 200}
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from probes.matrixstats import cosine_from_gram, unit_rows, upper
+from probes.matrixstats import cosine_from_gram, upper
 from probes.routing_calibration import (
     COVERAGE_FLOOR,
     FAMILIES,
@@ -25,6 +25,7 @@ from probes.routing_calibration import (
     planted_features,
     write_reports,
 )
+from probes.setstats import unit_rows
 
 
 @pytest.fixture(scope="module")
