@@ -49,14 +49,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -79,36 +77,6 @@ GRAM_BLOCK_FRACTION = 0.25
 
 class JacobianMemoryError(ProbeError):
     """Out of memory even with one point and one direction per batched call."""
-
-
-class ArtifactCache(Protocol):
-    """What the engine needs of an artifact cache: compute once per key, then reuse."""
-
-    def get_or_compute(self, key: Mapping[str, Any], compute: Callable[[], Tensor]) -> Tensor:
-        """The tensor stored under ``key``, computing and storing it first when absent."""
-        ...
-
-
-class MemoryCache:
-    """In-process :class:`ArtifactCache` keyed by the canonical JSON of the key."""
-
-    def __init__(self) -> None:
-        self._store: dict[str, Tensor] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_compute(self, key: Mapping[str, Any], compute: Callable[[], Tensor]) -> Tensor:
-        """See :class:`ArtifactCache`."""
-        text = json.dumps(key, sort_keys=True, default=str)
-        if text in self._store:
-            self.hits += 1
-        else:
-            self.misses += 1
-            self._store[text] = compute()
-        return self._store[text]
-
-    def __len__(self) -> int:
-        return len(self._store)
 
 
 @dataclass
@@ -373,36 +341,6 @@ def directional_derivatives(
     return result.movedim(1, -1)
 
 
-def _fingerprint(t: Tensor) -> str:
-    data = t.detach().to("cpu").contiguous()
-    head = f"{tuple(data.shape)}|{data.dtype}|".encode()
-    return hashlib.sha256(head + data.view(torch.uint8).reshape(-1).numpy().tobytes()).hexdigest()
-
-
-def _cached(
-    cache: ArtifactCache | None,
-    cache_key: Mapping[str, Any] | None,
-    artifact: str,
-    tensors: Mapping[str, Tensor | None],
-    params: Mapping[str, Any],
-    compute: Callable[[], Tensor],
-) -> Tensor:
-    if cache is None:
-        return compute()
-    if cache_key is None:
-        raise ProbeError(
-            f"{artifact}: a cache needs cache_key, the identity of the function being differentiated",
-            hint="e.g. {'model': adapter.fingerprint, 'cells': data fingerprint, 'output': 'mean expression'}",
-        )
-    key = {
-        **dict(cache_key),
-        "artifact": artifact,
-        **{name: _fingerprint(t) for name, t in tensors.items() if t is not None},
-        **params,
-    }
-    return cache.get_or_compute(key, compute)
-
-
 # ------------------------------------------------------------- public probes
 def pert_jacobians(
     f: Callable[[Tensor], Tensor],
@@ -412,8 +350,6 @@ def pert_jacobians(
     *,
     tangent_chunk: int | None = None,
     plan: ChunkPlan | None = None,
-    cache: ArtifactCache | None = None,
-    cache_key: Mapping[str, Any] | None = None,
     math_sdpa: bool = True,
 ) -> Tensor:
     """``(K, *out, H)``: ``J_k = ∂f/∂r`` at every representation ``reps[k]`` (NB05–NB10).
@@ -426,38 +362,41 @@ def pert_jacobians(
         tangent_chunk: input directions per batched call (default: all on CUDA; on CPU timed on
             the first knockdown, see the module docstring).
         plan: a :class:`ChunkPlan` to use and update (overrides the two sizes above).
-        cache, cache_key: reuse a result stored under ``cache_key`` (which must identify ``f``)
-            plus the fingerprint of ``reps``.
         math_sdpa: run under the math SDPA kernel (needed by forward-mode AD through attention).
     """
     if reps.dim() != 2:
         raise ProbeError(f"reps must be (K, H), got shape {tuple(reps.shape)}")
 
-    def compute() -> Tensor:
-        eye = torch.eye(reps.shape[1], dtype=reps.dtype, device=reps.device)
-        return directional_derivatives(
-            f,
-            reps,
-            eye,
-            chunk_size=chunk_size,
-            tangent_chunk=tangent_chunk,
-            plan=plan,
-            progress=progress,
-            desc="Jacobians",
-            math_sdpa=math_sdpa,
-        )
+    eye = torch.eye(reps.shape[1], dtype=reps.dtype, device=reps.device)
+    return directional_derivatives(
+        f,
+        reps,
+        eye,
+        chunk_size=chunk_size,
+        tangent_chunk=tangent_chunk,
+        plan=plan,
+        progress=progress,
+        desc="Jacobians",
+        math_sdpa=math_sdpa,
+    )
 
-    return _cached(cache, cache_key, "pert_jacobians", {"reps": reps}, {}, compute)
+
+def _checked_columns(columns: Sequence[int], x: Tensor, dim: int, what: str) -> list[int]:
+    """``columns`` as ints, each a valid index along ``dim`` of ``x`` (a ProbeError names those that are not)."""
+    size = x.shape[dim % x.dim()]
+    cols = [int(c) for c in columns]
+    bad = [c for c in cols if not -size <= c < size]
+    if bad:
+        raise ProbeError(f"{what} {bad} out of range for dimension {dim} of size {size}")
+    return cols
 
 
 def column_directions(x: Tensor, columns: Sequence[int], dim: int = -1) -> Tensor:
     """``(n, *x.shape)`` indicators: column ``c`` of ``x`` (along ``dim``) moved by 1 in every row."""
     d = dim % x.dim()
     size = x.shape[d]
-    bad = [c for c in columns if not -size <= int(c) < size]
-    if bad:
-        raise ProbeError(f"column indices {bad} out of range for dimension {dim} of size {size}")
-    eye = torch.eye(size, dtype=x.dtype, device=x.device)[list(map(int, columns))]  # (n, size)
+    columns = _checked_columns(columns, x, dim, "column indices")
+    eye = torch.eye(size, dtype=x.dtype, device=x.device)[columns]  # (n, size)
     view = [len(columns)] + [1] * x.dim()
     view[d + 1] = size
     return eye.reshape(view).expand(len(columns), *x.shape).contiguous()
@@ -511,10 +450,7 @@ def knockout_profiles(
     per chunk, so memory is bounded by the chunk, not by ``len(genes)``.
     """
     d = dim % x.dim()
-    cols = [int(c) for c in genes]
-    bad = [c for c in cols if not -x.shape[d] <= c < x.shape[d]]
-    if bad:
-        raise ProbeError(f"gene columns {bad} out of range for dimension {dim} of size {x.shape[d]}")
+    cols = _checked_columns(genes, x, dim, "gene columns")
     with torch.no_grad():
         base = g(x)
     n = len(cols)
@@ -536,14 +472,18 @@ def knockout_profiles(
 
 
 # -------------------------------------------------------------------- Grams
+def _check_metric(metric: str) -> None:
+    if metric not in ("cosine", "inner"):
+        raise ProbeError(f"unknown Gram metric {metric!r}", hint="valid: 'cosine', 'inner'")
+
+
 def _finish(gram: Tensor, metric: Metric) -> Tensor:
+    """The inner-product Gram as it is, or turned into cosines (0 where a Jacobian is zero)."""
     if metric == "inner":
         return gram
-    if metric == "cosine":
-        norms = gram.diagonal().clamp_min(0).sqrt()
-        denom = norms[:, None] * norms[None, :]
-        return torch.where(denom > 0, gram / denom.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
-    raise ProbeError(f"unknown Gram metric {metric!r}", hint="valid: 'cosine', 'inner'")
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    return torch.where(denom > 0, gram / denom.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
 
 
 def weight_factor(weight: Tensor, rtol: float = 1e-12) -> Tensor:
@@ -564,6 +504,7 @@ def gram_matrix(jacobians: Tensor, metric: Metric = "cosine", weight: Tensor | N
     With ``weight`` W ``(H, P)``: entries ``⟨J_a W, J_b W⟩_F`` computed as
     ``⟨J_a (W Wᵀ), J_b⟩_F``, never materialising the ``(K, *out, P)`` product (NB08).
     """
+    _check_metric(metric)
     flat = jacobians.reshape(jacobians.shape[0], -1, jacobians.shape[-1]).to(torch.float64)
     if weight is not None:
         w = weight.to(device=flat.device, dtype=torch.float64)
@@ -587,8 +528,6 @@ def jacobian_gram(
     tangent_chunk: int | None = None,
     plan: ChunkPlan | None = None,
     progress: bool = True,
-    cache: ArtifactCache | None = None,
-    cache_key: Mapping[str, Any] | None = None,
     math_sdpa: bool = True,
 ) -> Tensor:
     """``(K, K)`` float64 (on CPU) Frobenius similarities of ``J_k = ∂f/∂r`` at every ``reps[k]``.
@@ -607,45 +546,42 @@ def jacobian_gram(
     """
     if reps.dim() != 2:
         raise ProbeError(f"reps must be (K, H), got shape {tuple(reps.shape)}")
-    if metric not in ("cosine", "inner"):
-        raise ProbeError(f"unknown Gram metric {metric!r}", hint="valid: 'cosine', 'inner'")
+    _check_metric(metric)
     if weight is not None and (weight.dim() != 2 or weight.shape[0] != reps.shape[1]):
         raise ProbeError(f"weight must be (H={reps.shape[1]}, P), got shape {tuple(weight.shape)}")
 
-    def compute() -> Tensor:
-        device = reps.device
-        if weight is None:
-            dirs = torch.eye(reps.shape[1], dtype=reps.dtype, device=device)
-        else:
-            dirs = weight_factor(weight.to(device=device, dtype=reps.dtype)).T.contiguous()
-        with _ad_context(math_sdpa):
-            out_numel = max(f(reps[0]).numel(), 1)
-        k, m = reps.shape[0], dirs.shape[0]
-        budget = max_block_bytes
-        if budget is None:
-            avail = available_memory(device)
-            budget = min(2**30, int(GRAM_BLOCK_FRACTION * avail)) if avail else 2**28
-        per_dir = k * out_numel * reps.element_size()
-        if budget < per_dir:
-            raise ProbeError(
-                f"max_block_bytes={budget} cannot hold one direction for {k} points ({per_dir} bytes)",
-                hint=f"allow at least {per_dir} bytes, or pass fewer points",
-            )
-        the_plan = _resolve_plan(plan, device, m, chunk_size, tangent_chunk)
-        block = min(m, budget // per_dir)
-        if block >= int(the_plan.tangents or 1):  # whole tangent chunks: no extra primal passes
-            block -= block % int(the_plan.tangents or 1)
-        gram = torch.zeros(k, k, dtype=torch.float64)
-        with _progress(m, "Gram directions", progress) as bar:
-            for j in range(0, m, block):
-                cols = directional_derivatives(
-                    f, reps, dirs[j : j + block], plan=the_plan, math_sdpa=math_sdpa, progress=progress,
-                    desc="knockdowns",
-                )  # fmt: skip
-                flat = cols.reshape(k, -1)
-                gram += (flat @ flat.T).to("cpu", torch.float64)
-                del cols, flat
-                bar.update(min(block, m - j))
-        return _finish((gram + gram.T) / 2, metric)
+    device = reps.device
+    if weight is None:
+        dirs = torch.eye(reps.shape[1], dtype=reps.dtype, device=device)
+    else:
+        dirs = weight_factor(weight.to(device=device, dtype=reps.dtype)).T.contiguous()
+    with _ad_context(math_sdpa):
+        out_numel = max(f(reps[0]).numel(), 1)
+    k, m = reps.shape[0], dirs.shape[0]
+    budget = max_block_bytes
+    if budget is None:
+        avail = available_memory(device)
+        budget = min(2**30, int(GRAM_BLOCK_FRACTION * avail)) if avail else 2**28
+    per_dir = k * out_numel * reps.element_size()
+    if budget < per_dir:
+        raise ProbeError(
+            f"max_block_bytes={budget} cannot hold one direction for {k} points ({per_dir} bytes)",
+            hint=f"allow at least {per_dir} bytes, or pass fewer points",
+        )
+    plan = _resolve_plan(plan, device, m, chunk_size, tangent_chunk)
+    block = min(m, budget // per_dir)
+    if block >= int(plan.tangents or 1):  # whole tangent chunks: no extra primal passes
+        block -= block % int(plan.tangents or 1)
+    gram = torch.zeros(k, k, dtype=torch.float64)
+    with _progress(m, "Gram directions", progress) as bar:
+        for j in range(0, m, block):
+            cols = directional_derivatives(
+                f, reps, dirs[j : j + block], plan=plan, math_sdpa=math_sdpa, progress=progress,
+                desc="knockdowns",
+            )  # fmt: skip
+            flat = cols.reshape(k, -1)
+            gram += (flat @ flat.T).to("cpu", torch.float64)
+            del cols, flat
+            bar.update(min(block, m - j))
+    return _finish((gram + gram.T) / 2, metric)
 
-    return _cached(cache, cache_key, "jacobian_gram", {"reps": reps, "weight": weight}, {"metric": metric}, compute)

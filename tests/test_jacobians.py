@@ -17,7 +17,6 @@ from hypocheck.errors import ProbeError
 from hypocheck.jacobians import (
     ChunkPlan,
     JacobianMemoryError,
-    MemoryCache,
     Metric,
     column_directions,
     gram_matrix,
@@ -313,22 +312,6 @@ def test_oom_at_one_column_raises_clearly(adapter: STAdapter, monkeypatch: pytes
         pert_jacobians(f, reps, progress=False)
 
 
-# --------------------------------------------------------------------- cache
-def test_cache_computes_once_and_needs_a_key(adapter: STAdapter) -> None:
-    f, reps, _, _ = _setup(adapter, torch.float32)
-    cache = MemoryCache()
-    key = {"model": adapter.fingerprint, "cells": "tiny-4", "output": "mean"}
-    first = pert_jacobians(f, reps, progress=False, cache=cache, cache_key=key)
-    again = pert_jacobians(f, reps, progress=False, cache=cache, cache_key=key)
-    assert again is first and (cache.hits, cache.misses) == (1, 1)
-    pert_jacobians(f, reps[:2], progress=False, cache=cache, cache_key=key)  # other points, other entry
-    g1 = jacobian_gram(f, reps, progress=False, cache=cache, cache_key=key)
-    g2 = jacobian_gram(f, reps, "inner", progress=False, cache=cache, cache_key=key)
-    assert len(cache) == 4 and not torch.equal(g1, g2)
-    with pytest.raises(ProbeError, match="cache_key"):
-        pert_jacobians(f, reps, progress=False, cache=cache)
-
-
 def test_bad_inputs_are_reported() -> None:
     with pytest.raises(ProbeError, match=r"reps must be \(K, H\)"):
         pert_jacobians(torch.sin, torch.zeros(3), progress=False)
@@ -338,3 +321,5 @@ def test_bad_inputs_are_reported() -> None:
         jacobian_gram(torch.sin, torch.zeros(2, 3), weight=torch.zeros(4, 5), progress=False)
     with pytest.raises(ProbeError, match="out of range"):
         column_directions(torch.zeros(2, 3), [3])
+    with pytest.raises(ProbeError, match=r"gene columns \[-4\] out of range for dimension -1 of size 3"):
+        knockout_profiles(torch.sin, torch.zeros(2, 3), [0, -4])
