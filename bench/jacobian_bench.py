@@ -50,6 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hypocheck.atomic import atomic_write_text
+
 N_GENES, N_PERTS, HIDDEN, LAYERS, HEADS, HEAD_DIM, MLP, N_BATCHES = 2000, 2024, 328, 8, 8, 96, 3072, 56
 ALL_KDS = 2023
 OUT = Path("reports/bench/jacobian.json")
@@ -273,11 +275,8 @@ def table(records: list[dict[str, Any]]) -> str:
 
 def save(records: list[dict[str, Any]], path: Path) -> None:
     """Append to the JSON list at ``path`` (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(path.read_text()) if path.is_file() else []
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([*existing, *records], indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps([*existing, *records], indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import fixtures.routing_inputs  # noqa: F401  (registers input builders)
 import probes  # noqa: F401  (registers probes)
 from fixtures.config import SuiteConfig
 from fixtures.context import INPUT_BUILDERS, SuiteContext
+from hypocheck.atomic import atomic_write_text
 from hypocheck.cache import ArtifactCache
 from hypocheck.cases import Case
 from hypocheck.errors import Location
@@ -103,9 +104,7 @@ def main() -> None:
         print(f"{probe:<28} {'-'.join(axes.values()):<32} inputs {build_s:7.2f} s   probe {probe_s:6.2f} s")
     total = sum(r["probe_s"] for r in records)
     print(f"{'total (probes alone)':<61} {total:6.2f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"records": records, "total_probe_s": total}, indent=2) + "\n")
+    atomic_write_text(Path(args.out), json.dumps({"records": records, "total_probe_s": total}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

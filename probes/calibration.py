@@ -60,6 +60,7 @@ import numpy as np
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
+from hypocheck.atomic import atomic_write_text
 from hypocheck.stats import derive_seed
 
 from .clustering import OutputClusteringParams, output_set_clustering
@@ -409,8 +410,7 @@ def table(result: dict[str, Any]) -> str:
 def write_reports(result: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``calibration.json`` and ``calibration.md`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "calibration.json", json.dumps(result, indent=1) + "\n")
     cfg = result["config"]
     text = (f"# Calibration of the probes' tests\n\nalpha = {result['alpha']}; {cfg['seeds']} synthetic seeds × "
             f"set sizes {cfg['sizes']}; {cfg['demo_seeds']} demo null worlds; {result['seconds']:.0f} s.\n"
@@ -419,7 +419,7 @@ def write_reports(result: dict[str, Any], out_dir: str | Path) -> Path:
             f"where the family must hold alpha (the original rank-sum test: the uniform test's null data).\n\n"
             f"{family_table(result)}\n\n## Per family and data set\n\n{table(result)}\n\n"
             + __doc__.split("Usage::")[0].split("\n\n", 1)[1].strip() + "\n")
-    (out / "calibration.md").write_text(text)
+    atomic_write_text(out / "calibration.md", text)
     return out
 
 

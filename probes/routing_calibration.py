@@ -56,6 +56,7 @@ import numpy as np
 from scipy import optimize, stats
 from threadpoolctl import threadpool_limits
 
+from hypocheck.atomic import atomic_write_text
 from hypocheck.stats import derive_seed
 
 from .calibration import mc_bound
@@ -445,9 +446,8 @@ def coverage_markdown(coverage: dict[str, Any], alpha: float) -> list[str]:
 def write_reports(result: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``routing.json`` and ``routing.md`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "routing.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "routing.md").write_text(markdown(result))
+    atomic_write_text(out / "routing.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "routing.md", markdown(result))
     return out
 
 
