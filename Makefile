@@ -45,13 +45,20 @@ report: $(STAMP) $(NODE_STAMP)
 test: $(STAMP) $(NODE_STAMP) browser lint
 	HYPOCHECK_BROWSER_REQUIRED=1 $(BIN)/python -m pytest tests -n $(N) -q
 
+# mypy reads the code as the installed distribution lays it out: one `hypocheck` namespace whose `probes` and
+# `fixtures` subpackages are this repository's top-level folders (a tree of links, rebuilt each time).
+TYPECHECK_TREE := .typecheck
+
 lint: $(STAMP)
 	$(BIN)/ruff check hypocheck probes fixtures tests bench conftest.py
-	$(BIN)/mypy hypocheck probes fixtures bench conftest.py
+	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/hypocheck
+	@for f in hypocheck/*.py; do ln -s "$$PWD/$$f" $(TYPECHECK_TREE)/hypocheck/; done
+	@ln -s "$$PWD/probes" $(TYPECHECK_TREE)/hypocheck/probes && ln -s "$$PWD/fixtures" $(TYPECHECK_TREE)/hypocheck/fixtures
+	$(BIN)/mypy $(TYPECHECK_TREE)/hypocheck bench conftest.py
 
 ## make world: regenerate the demo world and retrain its models (deterministic)
 world: $(STAMP)
-	$(BIN)/python -m fixtures.demo.build
+	$(BIN)/python -m hypocheck.fixtures.demo.build
 
 ## make bench: probe timings on the demo world, and the Jacobian engine vs the original method at real sizes
 bench: $(STAMP)

@@ -12,7 +12,7 @@ adapter, and times ``J_k = ∂Y/∂r`` at ``r_k`` for a few knockdowns:
   differentiates N output genes and scales the time by G / N (each output row
   costs one full reverse pass, so the cost is linear in rows); the record says so.
 - ``vmap(jacfwd)``: plain forward mode, all 328 directions in one call (the prior attempt).
-- ``engine``: :func:`hypocheck.jacobians.pert_jacobians` with its default plan;
+- ``engine``: :func:`hypocheck.fixtures.jacobians.pert_jacobians` with its default plan;
   on CUDA also with TF32 matmuls.
 
 Usage::
@@ -67,8 +67,8 @@ def build_adapter(root: Path, cells: int, device: str, seed: int = 0) -> Any:
     """Write a real-size random ST model as an arc-state run dir and load it through ``STAdapter``."""
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
-    from fixtures.st_adapter import STAdapter
-    from fixtures.st_rundir import STArchitecture, quietly, save_run_dir
+    from hypocheck.fixtures.st_adapter import STAdapter
+    from hypocheck.fixtures.st_rundir import STArchitecture, quietly, save_run_dir
 
     arch = STArchitecture(
         n_genes=N_GENES, n_perts=N_PERTS, hidden=HIDDEN, layers=LAYERS, heads=HEADS,
@@ -176,7 +176,7 @@ def device_name(device: torch.device) -> str:
 
 # ------------------------------------------------------------------------ run
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from hypocheck.jacobians import ChunkPlan, pert_jacobians
+    from hypocheck.fixtures.jacobians import ChunkPlan, pert_jacobians
 
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:

@@ -19,14 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-import fixtures.routing_inputs  # noqa: F401  (registers input builders)
-import probes  # noqa: F401  (registers probes)
-from fixtures.config import SuiteConfig
-from fixtures.context import INPUT_BUILDERS, SuiteContext
+import hypocheck.fixtures.routing_inputs
+import hypocheck.probes  # noqa: F401  (registers probes)
 from hypocheck.atomic import atomic_write_text
 from hypocheck.cache import ArtifactCache
 from hypocheck.cases import Case
 from hypocheck.errors import Location
+from hypocheck.fixtures.builders import BUILDERS
+from hypocheck.fixtures.config import SuiteConfig
+from hypocheck.fixtures.context import SuiteContext
 from hypocheck.registry import get_probe
 from hypocheck.schema import Hypothesis
 
@@ -65,7 +66,8 @@ def make_case(probe: str, axes: dict[str, str], params: dict[str, Any], inputs: 
         inputs=inputs,
         expect=[f"{spec.effect} > -1e9"],
     )
-    return Case(hyp, spec, spec.params.model_validate(params), axes, (), "bench", Location("bench"))
+    return Case(hyp, spec, spec.params.model_validate(params), spec.inputs.model_validate(inputs), axes, (), "bench",
+                Location("bench"))
 
 
 def main() -> None:
@@ -84,7 +86,7 @@ def main() -> None:
                 params = {**params, name: args.null_sets}
         case = make_case(probe, axes, params, inputs)
         start = time.perf_counter()
-        prepared = INPUT_BUILDERS[probe](ctx, case)
+        prepared = BUILDERS[probe](ctx.artifacts, case)
         build_s = time.perf_counter() - start
         start = time.perf_counter()
         spec.fn(**prepared, params=case.params, rng=np.random.default_rng(0))

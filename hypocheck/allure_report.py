@@ -44,7 +44,6 @@ import numpy as np
 import pytest
 
 from .cases import Case
-from .plots import PlotInfo, render_all
 from .registry import ProbeResult
 from .summary import atomic_write_text
 from .verdict import CaseVerdict
@@ -208,6 +207,8 @@ def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult, inputs: M
         allure.attach(_csv(table), name=f"{name}.csv", attachment_type=allure.attachment_type.CSV)
     members = inputs.get("members")
     groups = result.arrays.get("groups")
+    from .plots import PlotInfo, render_all  # matplotlib is imported when a case is reported
+
     info = PlotInfo(title=f"{case.hypothesis.id} [{case.label}]" if case.axes else case.hypothesis.id,
                     metrics=verdict.metrics, members=None if members is None else np.asarray(members),
                     labels=None if groups is None else tuple(str(g) for g in np.asarray(groups).ravel()),

@@ -24,6 +24,8 @@ class Case:
     hypothesis: Hypothesis
     probe: ProbeSpec
     params: pydantic.BaseModel
+    inputs: pydantic.BaseModel
+    """The hypothesis's ``inputs:`` validated against the probe's ``inputs`` model."""
     axes: Mapping[str, str | int | float]
     expectations: tuple[Expectation, ...]
     file_stem: str
@@ -108,6 +110,22 @@ def _is_p_value(metric: str, spec: ProbeSpec) -> bool:
     return metric == spec.p or metric == "p" or metric.startswith("p_")
 
 
+def _validated(model: type[pydantic.BaseModel], data: Mapping[str, Any], section: str, kind: str,
+               doc: SourceDoc, base: KeyPath) -> pydantic.BaseModel:
+    """``data`` (a hypothesis's ``params:`` or ``inputs:``) validated by the probe's model, errors at file:line."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        loc = (*base, section, *err["loc"])
+        if err["type"] == "extra_forbidden":
+            where = doc.locate(loc, at_key=True)
+            raise UnknownNameError(kind, str(err["loc"][-1]), model.model_fields, where) from None
+        name = ".".join(str(p) for p in err["loc"])
+        label = "bad probe parameter" if section == "params" else "bad input option"
+        raise HypothesisFileError(f"{label} {name!r}: {err['msg']}", doc.locate(loc)) from None
+
+
 def expand(
     hyp: Hypothesis,
     doc: SourceDoc,
@@ -119,17 +137,8 @@ def expand(
         spec = get_probe(hyp.probe)
     except UnknownNameError as exc:
         raise UnknownNameError("probe", hyp.probe, exc.valid, doc.locate((*base, "probe"))) from None
-    try:
-        params = spec.params.model_validate(hyp.params)
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        loc = (*base, "params", *err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise UnknownNameError(
-                f"parameter of probe {spec.name!r}", str(err["loc"][-1]), spec.params.model_fields,
-                doc.locate(loc, at_key=True),
-            ) from None
-        raise HypothesisFileError(f"bad probe parameter: {err['msg']}", doc.locate(loc)) from None
+    params = _validated(spec.params, hyp.params, "params", f"parameter of probe {spec.name!r}", doc, base)
+    inputs = _validated(spec.inputs, hyp.inputs, "inputs", f"input option of probe {spec.name!r}", doc, base)
     for axis, values in hyp.cases.items():
         if axis not in vocabulary:
             raise UnknownNameError("axis", axis, vocabulary, doc.locate((*base, "cases", axis), at_key=True))
@@ -180,6 +189,7 @@ def expand(
                 hypothesis=hyp,
                 probe=spec,
                 params=params,
+                inputs=inputs,
                 axes=axes,
                 expectations=tuple(expectations),
                 file_stem=doc.path.stem,

@@ -88,6 +88,9 @@ class ModelLoadError(HypocheckError):
 class DataError(HypocheckError):
     """An AnnData file or a data configuration is missing keys or holds bad values."""
 
+    config_key: str | None = None
+    """The data config key (e.g. ``gene_key``) whose value the file lacks, when that is the problem."""
+
 
 class ConfigError(HypocheckError):
     """The suite configuration (models, data, keys) is invalid."""

@@ -1,24 +1,34 @@
 """The pytest plugin: hypothesis YAML files become parametrized test items with verdicts.
 
-Registered through the ``pytest11`` entry point. A project supplies two things
-in its ``conftest.py``: the ``hypocheck_context`` fixture (an object with
-``prepare(case) -> dict`` of probe inputs and ``environment() -> dict``) and
-the ``pytest_hypocheck_vocabulary`` hook (valid axis values).
+Registered through the ``pytest11`` entry point, so installing the distribution is enough: a project holds
+a suite config (``suite.yaml``, or ``--suite-config FILE``) and hypothesis files, and no conftest.
+
+Which files are hypotheses: every ``.yaml`` / ``.yml`` file inside a folder named ``hypotheses`` (at any
+depth) and every file named ``*.hyp.yaml`` / ``*.hyp.yml``; the ini option ``hypocheck_files`` (glob
+patterns, matched against the file name and the path relative to the rootdir) replaces that rule; a YAML
+file named on the command line is always one.
+
+The suite config is read once per process through the backend (``hypocheck.backend``); before any case
+runs, the controlling process checks it whole (files, keys, checkpoints) and a broken config ends the run
+as one usage error.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import platform
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pytest
 
 from . import allure_report, hookspecs
+from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, backend_factory
 from .baseline import Baseline, baseline_path, case_diff, case_fingerprints, fingerprints
 from .baseline import document as baseline_document
 from .baseline import markdown as drift_markdown
@@ -36,17 +46,13 @@ RECORD_KEY = "hypocheck_case"
 ENV_KEY = "hypocheck_environment"
 _seen_ids = pytest.StashKey[dict[str, str]]()
 _baseline_key = pytest.StashKey[Baseline | None]()
+_backend_key = pytest.StashKey[Backend]()
+_notes_key = pytest.StashKey[list[str]]()
+_empty_dirs_key = pytest.StashKey[list[Path]]()
 PACKAGES = ("hypocheck", "arc-state", "torch", "transformers", "numpy", "scipy", "anndata", "pytest", "pytest-xdist")
-
-
-class ProbeContext(Protocol):
-    """What the project's ``hypocheck_context`` fixture provides."""
-
-    def prepare(self, case: Case) -> Mapping[str, Any]:
-        """The probe's keyword inputs (tensors, index sets) for one case."""
-
-    def environment(self) -> Mapping[str, Any]:
-        """Fingerprints and device, for reports."""
+SUITE_FILE = "suite.yaml"
+FILE_RULE = ("a .yaml/.yml file in a folder named 'hypotheses', or a file named *.hyp.yaml; "
+             "set the ini option hypocheck_files to change the rule")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -65,15 +71,124 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="compare this run against baseline NAME: drift beyond each hypothesis's tolerance fails")
     group.addoption("--baseline-dir", default=None, metavar="DIR",
                     help="where baselines are kept (default: <rootdir>/baselines)")
-    parser.addini("hypocheck_dirname", "folder name under which *.yaml files are hypotheses", default="hypotheses")
+    group.addoption("--suite-config", default=None, metavar="FILE",
+                    help="suite YAML naming models, data and SAE (default: $HYPOCHECK_SUITE, the ini option "
+                         "hypocheck_suite, or suite.yaml in the rootdir)")
+    group.addoption("--artifact-cache", default=None, metavar="DIR",
+                    help="shared cache of heavy artifacts (pert representations, ΔY, activations, Jacobians; "
+                         "default: <rootdir>/.hypocheck-cache)")
+    group.addoption("--no-artifact-cache", action="store_true", help="compute everything afresh, store nothing")
+    group.addoption("--clear-artifact-cache", action="store_true", help="drop the artifact cache before the run")
+    parser.addini("hypocheck_files", "glob patterns of hypothesis files, matched against the file name and the "
+                  "rootdir-relative path (default: YAML files in a 'hypotheses' folder, and *.hyp.yaml)",
+                  type="linelist", default=[])
+    parser.addini("hypocheck_suite", "the suite config file, relative to the rootdir", default=SUITE_FILE)
+    parser.addini("hypocheck_backend", "the backend (entry point in 'hypocheck.backends') that reads the suite "
+                  "config", default=DEFAULT_BACKEND)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hypocheck: a claim case generated from a hypothesis YAML file")
     config.stash[_seen_ids] = {}
+    config.stash[_notes_key] = []
+    config.stash[_empty_dirs_key] = []
+    if config.option.help or config.option.version:
+        return
     config.stash[_baseline_key] = _load_baseline(config)
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(RunSummary(config), "hypocheck-summary")
+        if config.getoption("--clear-artifact-cache"):
+            from .cache import ArtifactCache
+
+            ArtifactCache(artifact_cache_dir(config)).clear()  # controller only, before workers start
+
+
+def artifact_cache_dir(config: pytest.Config) -> Path:
+    option = config.getoption("--artifact-cache")
+    return (config.invocation_params.dir / option).resolve() if option else Path(config.rootpath) / ".hypocheck-cache"
+
+
+def suite_file(config: pytest.Config) -> Path:
+    """The suite config: ``--suite-config``, else ``$HYPOCHECK_SUITE``, else the ini option (rootdir-relative)."""
+    option = config.getoption("--suite-config") or os.environ.get("HYPOCHECK_SUITE")
+    if option:
+        return (config.invocation_params.dir / option).resolve()
+    return Path(config.rootpath) / config.getini("hypocheck_suite")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_hypocheck_backend(config: pytest.Config) -> Backend:
+    """The default backend: the one named by the ini option ``hypocheck_backend``, reading the suite file."""
+    path = suite_file(config)
+    if not path.is_file():
+        raise HypocheckError(
+            f"no suite config at {path}",
+            hint="write one with `hypocheck init --run-dir NAME=DIR --data FILE.h5ad`, or pass --suite-config FILE",
+        )
+    factory = backend_factory(config.getini("hypocheck_backend"))
+    backend: Backend = factory(path)
+    return backend
+
+
+def backend_of(config: pytest.Config) -> Backend:
+    """This process's backend, made once (the first hypothesis file or case that needs it)."""
+    if _backend_key not in config.stash:
+        config.stash[_backend_key] = config.hook.pytest_hypocheck_backend(config=config)
+    return config.stash[_backend_key]
+
+
+def is_hypothesis_file(path: Path, config: pytest.Config) -> bool:
+    """The collection rule (module docstring); a YAML file named on the command line always counts."""
+    if path.suffix not in {".yaml", ".yml"}:
+        return False
+    if any(Path(a.split("::")[0]).resolve() == path.resolve() for a in config.args):
+        return True
+    patterns = config.getini("hypocheck_files")
+    if patterns:
+        try:
+            rel = path.resolve().relative_to(Path(config.rootpath).resolve()).as_posix()
+        except ValueError:
+            rel = path.as_posix()
+        return any(fnmatch.fnmatch(path.name, p) or fnmatch.fnmatch(rel, p) for p in patterns)
+    return "hypotheses" in path.parent.parts or path.name.endswith((".hyp.yaml", ".hyp.yml"))
+
+
+def _hypothesis_files(config: pytest.Config) -> tuple[list[Path], list[Path]]:
+    """Hypothesis files under the run's arguments, and the directory arguments that hold none."""
+    ignored = config.getini("norecursedirs")
+    found: list[Path] = []
+    empty: list[Path] = []
+    for arg in config.args:
+        start = Path(arg.split("::")[0])
+        start = start if start.is_absolute() else config.invocation_params.dir / start
+        if start.is_file():
+            found += [start] if is_hypothesis_file(start, config) else []
+            continue
+        before = len(found)
+        for root, dirs, files in os.walk(start):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and not any(fnmatch.fnmatch(d, p) for p in ignored)]
+            found += [p for f in files if is_hypothesis_file(p := Path(root) / f, config)]
+        if len(found) == before and start.is_dir():
+            empty.append(start)
+    return found, empty
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Controller: read the suite config and, unless only collecting, check it whole, once, before any case
+    runs (and before xdist starts workers); a broken config is one usage error."""
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    files, config.stash[_empty_dirs_key] = _hypothesis_files(config)
+    if not files:
+        return
+    try:
+        backend = backend_of(config)
+        if not config.option.collectonly:
+            config.stash[_notes_key] = backend.validate()
+    except HypocheckError as exc:
+        raise pytest.UsageError(f"hypocheck: the suite config cannot be used:\n{exc}") from None
 
 
 def reports_dir(config: pytest.Config) -> Path:
@@ -109,22 +224,24 @@ def _load_baseline(config: pytest.Config) -> Baseline | None:
 
 
 def _family(config: pytest.Config, path: str | Path) -> str:
-    return allure_report.family_of(path, config.getini("hypocheck_dirname"))
+    return allure_report.family_of(path)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix in {".yaml", ".yml"} and parent.config.getini("hypocheck_dirname") in file_path.parts:
+    if is_hypothesis_file(file_path, parent.config):
         return HypothesisFileCollector.from_parent(parent, path=file_path)
     return None
 
 
 @pytest.fixture(scope="session")
-def hypocheck_context() -> ProbeContext:
-    """Overridden by the project's conftest.py; without one, cases cannot get their inputs."""
-    raise HypocheckError(
-        "no 'hypocheck_context' fixture: define one in conftest.py that returns an object with "
-        "prepare(case) and environment()"
+def hypocheck_context(pytestconfig: pytest.Config) -> ProbeContext:
+    """The backend's context: models, data and SAE of the suite config, loaded the first time a case needs them."""
+    options = RunOptions(
+        cache_dir=artifact_cache_dir(pytestconfig),
+        use_cache=not pytestconfig.getoption("--no-artifact-cache"),
+        progress=pytestconfig.getoption("capture") == "no",  # progress bars of long Jacobian runs under -s
     )
+    return backend_of(pytestconfig).context(options)
 
 
 class HypothesisFileCollector(pytest.File):
@@ -142,14 +259,15 @@ class HypothesisFileCollector(pytest.File):
             item.add_marker(pytest.mark.hypocheck)
             # with `-n auto --dist loadgroup`, cases of one model run on one worker: the model loads once
             item.add_marker(pytest.mark.xdist_group(name=str(case.axes.get("model", case.hypothesis.id))))
-            for mark in case.hypothesis.marks:
+            for mark in case_marks(case):
                 self.config.addinivalue_line("markers", f"{mark}: from hypothesis YAML")
                 item.add_marker(getattr(pytest.mark, mark))
             yield item
 
     def _cases(self) -> list[Case]:
         doc = load_yaml(self.path)
-        vocabulary = self.config.hook.pytest_hypocheck_vocabulary(config=self.config) or {}
+        backend = backend_of(self.config)
+        vocabulary = backend.vocabulary()
         seen = self.config.stash[_seen_ids]
         cases: list[Case] = []
         for hyp, base in hypotheses_from_doc(doc):
@@ -160,8 +278,19 @@ class HypothesisFileCollector(pytest.File):
                     "ids must be unique across the run",
                 )
             seen[hyp.id] = where
-            cases += expand(hyp, doc, base, vocabulary)
+            expanded = expand(hyp, doc, base, vocabulary)
+            if expanded:
+                backend.check_case(expanded[0])  # the probe and its inputs are the same for every case
+            cases += expanded
         return cases
+
+
+def case_marks(case: Case) -> list[str]:
+    """Marks to select a case with ``-m``: its probe's name, its YAML ``marks`` and its ``tags`` (as names:
+    characters other than letters, digits and _ become _)."""
+    names = [case.probe.name, *case.hypothesis.marks, *case.hypothesis.tags]
+    marks = ["".join(ch if ch.isalnum() or ch == "_" else "_" for ch in n) for n in names]
+    return list(dict.fromkeys(m if m[:1].isalpha() or m[:1] == "_" else f"_{m}" for m in marks))
 
 
 class BrokenFileItem(pytest.Item):
@@ -305,6 +434,7 @@ class RunSummary:
         self.summary: dict[str, Any] | None = None
         self.drift: dict[str, Any] | None = None
         self.saved_baseline: Path | None = None
+        self.collected = 0
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props: dict[str, Any] = dict(report.user_properties)
@@ -316,6 +446,7 @@ class RunSummary:
             self.records.append(_error_record(report.nodeid, Exception(str(report.longrepr)), report.nodeid))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.collected = session.testscollected
         alluredir = allure_report.results_dir(self.config)
         env = environment(self.config, self.environment)
         if alluredir is not None:
@@ -380,6 +511,11 @@ class RunSummary:
         return drift
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        empty = self.config.stash[_empty_dirs_key]
+        if empty and not self.collected:
+            for directory in empty:
+                terminalreporter.write_line(f"hypocheck: no hypothesis files under {directory} ({FILE_RULE})",
+                                            yellow=True)
         if not self.summary:
             return
         terminalreporter.section("hypocheck verdicts")
@@ -441,6 +577,7 @@ def environment(config: pytest.Config, reported: Mapping[str, Any]) -> dict[str,
         "packages": versions,
         "xdist_workers": workers if workers else 0,
         **reported,
+        **({"notes": notes} if (notes := config.stash.get(_notes_key, None)) else {}),
     }
 
 

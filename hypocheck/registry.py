@@ -5,27 +5,41 @@ Usage::
     class Params(pydantic.BaseModel):
         null_sets: int = 1000
 
-    @probe("pert_embedding_clustering", params=Params, axes=("model", "gene_set"),
+    class Inputs(pydantic.BaseModel):      # the hypothesis's `inputs:` (how the backend builds the arrays)
+        layer: int | None = None
+
+    @probe("pert_embedding_clustering", params=Params, inputs=Inputs, axes=("model", "gene_set"),
            metrics=("within_mean_cosine", "background_mean_cosine", "z", "p"), effect="z", p="p")
     def pert_embedding_clustering(*, embeddings, members, params, rng) -> ProbeResult:
         ...
 
-A probe is a pure function of tensors, its parameters and a seeded
+A probe is a pure function of arrays, its parameters and a seeded
 ``numpy.random.Generator``; it never reads files, YAML or globals, and it never
-judges its own result: expectations are evaluated by the engine.
+judges its own result: expectations are evaluated by the engine. Its keyword
+arguments (other than ``params`` and ``rng``) are the arrays it needs; its
+``inputs`` model is what a hypothesis may say about how they are built. Both are
+checked when hypothesis files are collected.
+
+Probes are found through the ``hypocheck.probes`` entry-point group: each entry
+names a module whose import registers probes (this distribution's is
+``hypocheck.probes``), so a third-party probe package plugs in the same way.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pydantic
 
-from .errors import UnknownNameError
+from .errors import HypocheckError, UnknownNameError
+
+ENTRY_POINT_GROUP = "hypocheck.probes"
 
 ProbeFn = Callable[..., "ProbeResult"]
 
@@ -56,9 +70,12 @@ class ProbeResult:
 
 
 class NoParams(pydantic.BaseModel):
-    """Parameters of a probe that takes none."""
+    """Parameters (or input options) of a probe that takes none."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
+
+
+NoInputs = NoParams
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,7 @@ class ProbeSpec:
     name: str
     fn: ProbeFn
     params: type[pydantic.BaseModel]
+    inputs: type[pydantic.BaseModel]
     axes: tuple[str, ...]
     metrics: tuple[str, ...]
     effect: str
@@ -80,6 +98,11 @@ class ProbeSpec:
         names |= {f"{m}_ci_low" for m in self.metrics} | {f"{m}_ci_high" for m in self.metrics}
         return names
 
+    def input_arrays(self) -> tuple[str, ...]:
+        """The arrays the probe function takes (its keyword arguments other than ``params`` and ``rng``)."""
+        signature = inspect.signature(self.fn)
+        return tuple(n for n in signature.parameters if n not in {"params", "rng"})
+
 
 _REGISTRY: dict[str, ProbeSpec] = {}
 
@@ -91,6 +114,7 @@ def probe(
     effect: str,
     p: str | None = None,
     params: type[pydantic.BaseModel] = NoParams,
+    inputs: type[pydantic.BaseModel] = NoInputs,
     axes: tuple[str, ...] = (),
 ) -> Callable[[ProbeFn], ProbeFn]:
     """Register ``fn`` as the probe ``name``."""
@@ -102,14 +126,34 @@ def probe(
         if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"probe {name!r} is registered twice ({existing.fn.__module__}, {fn.__module__})")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ProbeSpec(name, fn, params, axes, metrics, effect, p, doc[0] if doc else "")
+        _REGISTRY[name] = ProbeSpec(name, fn, params, inputs, axes, metrics, effect, p, doc[0] if doc else "")
         return fn
 
     return register
 
 
+_loaded_groups: set[str] = set()
+
+
+def load_probe_plugins(group: str = ENTRY_POINT_GROUP) -> None:
+    """Import every module named in the entry-point ``group`` (once per process): importing registers probes."""
+    if group in _loaded_groups:
+        return
+    _loaded_groups.add(group)
+    for entry in metadata.entry_points(group=group):
+        try:
+            entry.load()
+        except Exception as exc:
+            raise HypocheckError(
+                f"probe package {entry.name!r} ({entry.value}, entry point group {group!r}) failed to import: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
 def get_probe(name: str) -> ProbeSpec:
     """The registered probe ``name``; an unknown name lists the close matches."""
+    if name not in _REGISTRY:
+        load_probe_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -117,5 +161,6 @@ def get_probe(name: str) -> ProbeSpec:
 
 
 def registered_probes() -> dict[str, ProbeSpec]:
-    """All registered probes by name."""
+    """All registered probes by name (those of installed probe packages included)."""
+    load_probe_plugins()
     return dict(_REGISTRY)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 def derive_seed(base_seed: int, key: str) -> int:
@@ -84,6 +83,8 @@ def random_sets(
 
 def quantile_strata(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Bin index (0 … n_bins−1) of each value by its quantile among ``values``."""
+    from scipy import stats  # imported when used: scipy.stats is slow to import
+
     ranks = stats.rankdata(values, method="ordinal") - 1
     return (ranks * n_bins // len(values)).astype(int)
 
@@ -99,6 +100,8 @@ def bootstrap_ci(
     units = np.asarray(units)
     if units.size < 2:
         return (np.nan, np.nan)
+    from scipy import stats
+
     res = stats.bootstrap(
         (units,), statistic, n_resamples=n_resamples, confidence_level=level,
         method="percentile", vectorized=False, random_state=rng,
@@ -112,5 +115,7 @@ def bh_adjust(p_values: Sequence[float]) -> list[float]:
     out = np.full(p.shape, np.nan)
     finite = np.isfinite(p)
     if finite.any():
+        from scipy import stats
+
         out[finite] = stats.false_discovery_control(np.clip(p[finite], 0, 1), method="bh")
     return [float(v) for v in out]

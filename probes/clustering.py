@@ -10,12 +10,25 @@ uniform test is kept beside it for comparison with the original analysis.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
 
 from .setstats import SetClustering, cosine_matrix, matched_bins, set_clustering_vectorised
+
+
+class OutputFeatureInputs(BaseModel):
+    """How the per-knockdown output features are made."""
+
+    model_config = ConfigDict(extra="forbid")
+    layer: int | None = Field(None, ge=1, description="Backbone block (1-based); default: the SAE's layer, "
+                                                        "else the middle block.")
+    features: Literal["auto", "sae", "residual"] = Field(
+        "auto", description="SAE features of the residual stream, or the stream itself (auto: SAE features when "
+                            "an SAE for this model is configured).")
 
 
 class OutputClusteringParams(BaseModel):
@@ -112,6 +125,7 @@ def _run_tests(
 @probe(
     "output_set_clustering",
     params=OutputClusteringParams,
+    inputs=OutputFeatureInputs,
     axes=("model", "cell_line", "gene_set"),
     metrics=CLUSTERING_METRICS,
     effect="delta_cosine",
@@ -159,6 +173,7 @@ def minimal_detectable_effect(null: np.ndarray, alpha: float, power: float) -> f
 @probe(
     "output_set_absence",
     params=OutputAbsenceParams,
+    inputs=OutputFeatureInputs,
     axes=("model", "cell_line", "gene_set"),
     metrics=ABSENCE_METRICS,
     effect="delta_cosine",

@@ -29,6 +29,13 @@ from hypocheck.stats import compare_to_null, random_sets
 from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix, matched_bins, unit_rows
 
 
+class CrossModelInputs(BaseModel):
+    """The second model of a cross-model comparison."""
+
+    model_config = ConfigDict(extra="forbid")
+    other_model: str = Field(..., description="The model whose embeddings are compared with the case's model.")
+
+
 def nearest_neighbours(sim: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` most similar other rows of each row, most similar first (ties: lower index first)."""
     s = np.array(sim, dtype=np.float64)
@@ -192,7 +199,8 @@ def rotation_null(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generator
     return out
 
 
-@probe("cross_model_cosine", params=CrossModelParams, axes=(), metrics=CROSS_METRICS, effect="mean_cosine", p="p")
+@probe("cross_model_cosine", params=CrossModelParams, inputs=CrossModelInputs, axes=(), metrics=CROSS_METRICS,
+       effect="mean_cosine", p="p")
 def cross_model_cosine(
     *, embeddings_a: np.ndarray, embeddings_b: np.ndarray, members: np.ndarray | None = None,
     params: CrossModelParams, rng: np.random.Generator,

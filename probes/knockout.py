@@ -19,6 +19,16 @@ from hypocheck.registry import ProbeResult, probe
 from .setstats import bootstrap_difference_ci, bootstrap_mean_ci, mean_difference
 
 
+class KnockoutInputs(BaseModel):
+    """Which genes are knocked out in silico, and in which two lines."""
+
+    model_config = ConfigDict(extra="forbid")
+    lines: tuple[str, str] | None = Field(None, description="The two cell lines (default: the first two configured).")
+    genes: list[str] | None = Field(None, description="Input genes to knock out (default: the most expressed).")
+    max_genes: int = Field(200, ge=2, description="At most this many genes when `genes` is not given.")
+    min_mean: float = Field(0.1, ge=0, description="Expressed = control-sentence mean above this in both lines.")
+
+
 class KnockoutTransferParams(BaseModel):
     """Parameters of the knockout-transfer summary."""
 
@@ -79,6 +89,7 @@ def _group_difference(
 @probe(
     "knockout_transfer",
     params=KnockoutTransferParams,
+    inputs=KnockoutInputs,
     axes=("model",),
     metrics=KNOCKOUT_METRICS,
     effect="mean_spearman",

@@ -215,7 +215,7 @@ def bootstrap_correlations(
     enters ``c_i · c_j`` times (``c``: draw counts). Pearson's weighted sums are
     quadratic forms ``cᵀ M c``; Spearman ranks each resample's own values.
     Kept for the calibration that compares it with the jackknife
-    (``probes.routing_calibration``): its spread overstates the sampling spread.
+    (``hypocheck.probes.calibration.routing``): its spread overstates the sampling spread.
     """
     n = x_sim.shape[0]
     counts = bootstrap_draw_counts(rng, n, n_boot)

@@ -13,7 +13,7 @@ clusterings are tested by permuting cluster labels over knockdowns. CIs
 treat the knockdown as the unit, never the pair: the coherence CIs (Fisher z)
 and the difference test use the leave-one-knockdown-out jackknife SE,
 corrected for the pair-level term the plain jackknife counts twice
-(``matrixstats.jackknife_se``; ``probes.routing_calibration`` measures its
+(``matrixstats.jackknife_se``; ``hypocheck.probes.calibration.routing`` measures its
 coverage against the plain jackknife and the KD bootstrap); the cluster-ratio
 CI resamples knockdowns (a resample's pairs are the pairs of distinct draws
 that are different knockdowns).
@@ -28,7 +28,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import adjusted_rand_score
 
 from hypocheck.registry import ProbeResult, probe
 
@@ -51,6 +50,46 @@ from .matrixstats import (
     welch_difference,
 )
 from .setstats import bootstrap_mean_ci, cosine_matrix, unit_rows
+
+Sampling = Literal["random", "stratified", "top_magnitude"]
+"""How control cells are drawn for a sentence: seeded uniform draw, proportional over batch × total-expression
+quintile, or the cells with the largest total expression."""
+
+
+class SentenceInputs(BaseModel):
+    """The control sentence the Jacobians are taken on; a case's ``sampling`` / ``cells`` axes override these."""
+
+    model_config = ConfigDict(extra="forbid")
+    sampling: Sampling = Field(
+        "random", description="How control cells are drawn; 'random' with the suite's seed is the suite's sentence.")
+    cells: int | None = Field(None, ge=1, description="Cells per sentence; default: the suite's count.")
+
+
+class RoutingInputs(SentenceInputs):
+    """Which Jacobian the routing probes correlate with ΔY."""
+
+    jacobian: Literal["pert_repr", "onehot"] = Field(
+        "pert_repr", description="∂Y/∂r at each knockdown's pert representation, or the one-hot Jacobian "
+                                 "∂Y/∂p = J W_pert.")
+
+
+class DifferenceInputs(RoutingInputs):
+    """The two models whose routing coherence is compared."""
+
+    models: list[str] | None = Field(None, min_length=2, max_length=2,
+                                     description="[a, b]; default: the suite's first two models.")
+
+
+class StabilityInputs(SentenceInputs):
+    """The reference sentence and the knockdowns whose Jacobians are held and compared."""
+
+    reference_sampling: Sampling = Field("random", description="Sampling of the reference sentence.")
+    reference_cells: int | None = Field(None, ge=1, description="Cells of the reference sentence; default: the "
+                                                                "suite's count.")
+    max_kds: int = Field(32, ge=3, description="Hold the Jacobians of this many knockdowns, those with the largest "
+                                               "‖ΔY‖ on the reference sentence.")
+    curve: list[int] | None = Field(None, min_length=2, description="Cell counts whose Jacobians (same sampling) "
+                                    "are compared with the reference too, drawn as a convergence curve.")
 
 
 class RoutingParams(BaseModel):
@@ -182,6 +221,8 @@ def cluster_stats(
     same = clusters[:, None] == clusters[None, :]
     n_same, n_pairs = (same.sum() - n) / 2, n * (n - 1) / 2
     jac_clusters = ward_labels(gram_embedding(jac_sim), n_clusters)
+    from sklearn.metrics import adjusted_rand_score  # imported here: scikit-learn is slow to import
+
     ari = float(adjusted_rand_score(clusters, jac_clusters))
     perms = np.argsort(rng.random((params.permutations, n)), axis=1)
     p_ari = upper_p(ari, adjusted_rand_rows(jac_clusters[perms], clusters))
@@ -236,6 +277,7 @@ def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
 @probe(
     "routing_coherence",
     params=RoutingParams,
+    inputs=RoutingInputs,
     axes=("model", "cell_line"),
     metrics=ROUTING_METRICS,
     effect="pearson",
@@ -291,6 +333,7 @@ def routing_coherence(
 @probe(
     "routing_coherence_difference",
     params=DifferenceParams,
+    inputs=DifferenceInputs,
     axes=(),
     metrics=DIFFERENCE_METRICS,
     effect="difference",
@@ -314,7 +357,7 @@ def routing_coherence_difference(
     This needs no pairing, so it is valid whether the selections share
     knockdowns or not; where they share knockdowns and the two estimates are
     positively correlated, ignoring that correlation overstates the variance of
-    the difference, so the test errs conservative. ``probes.routing_calibration``
+    the difference, so the test errs conservative. ``hypocheck.probes.calibration.routing``
     measures the CI coverage and the test's FPR under equal coherence and its
     power (the plain jackknife and the KD bootstrap it replaced overstate the
     spread about 1.2–1.3× and 1.4–1.5×). ``p_a`` / ``p_b``: each model's
@@ -361,6 +404,7 @@ def _row_cosines(jacobians: np.ndarray, flat_ref: np.ndarray) -> np.ndarray:
 @probe(
     "routing_stability",
     params=StabilityParams,
+    inputs=StabilityInputs,
     axes=("model", "cell_line"),
     metrics=STABILITY_METRICS,
     effect="agreement",

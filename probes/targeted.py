@@ -29,6 +29,17 @@ TARGETED_METRICS = (
 )
 
 
+class PanelInputs(BaseModel):
+    """A targeted panel: regulators whose input is moved, targets read out, concordant and control knockdowns."""
+
+    model_config = ConfigDict(extra="forbid")
+    regulators: list[str] = Field(..., min_length=1, description="Input genes moved in every control cell.")
+    targets: list[str] = Field(..., min_length=1, description="Output genes whose response is read.")
+    concordant_kds: list[str] = Field(..., min_length=1, description="Knockdowns expected to strengthen the "
+                                                                      "coupling.")
+    control_kds: list[str] = Field(..., min_length=1, description="Knockdowns of unrelated pathways.")
+
+
 class TargetedParams(BaseModel):
     """Parameters of the targeted-Jacobian group test."""
 
@@ -69,6 +80,7 @@ def _pair_mask(regulators: Sequence[str], targets: Sequence[str], pairs: list[tu
 @probe(
     "targeted_jacobian",
     params=TargetedParams,
+    inputs=PanelInputs,
     axes=("model", "cell_line"),
     metrics=TARGETED_METRICS,
     effect="difference",

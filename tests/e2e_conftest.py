@@ -6,11 +6,10 @@ unrelated random columns, and 'tiny' has two members (too few to decide).
 """
 
 import numpy as np
-import pytest
 import torch
 
-import probes  # noqa: F401  (registers the probes)
-from fixtures.st_rundir import STArchitecture, build_st_model
+from hypocheck.backend import StaticBackend
+from hypocheck.fixtures.st_rundir import STArchitecture, build_st_model
 
 KNOCKDOWNS = [f"K{i}" for i in range(40)]
 SETS = {"alpha": list(range(10)), "beta": list(range(10, 20)), "tiny": [20, 21]}
@@ -40,10 +39,8 @@ class TinyContext:
         return {"device": "cpu", "models": {"tiny": "planted-seed-1"}}
 
 
-@pytest.fixture(scope="session")
-def hypocheck_context():
-    return TinyContext()
+VOCABULARY = {"model": ["tiny"], "gene_set": sorted(SETS)}
 
 
-def pytest_hypocheck_vocabulary(config):
-    return {"model": ["tiny"], "gene_set": sorted(SETS)}
+def pytest_hypocheck_backend(config):
+    return StaticBackend(VOCABULARY, TinyContext)

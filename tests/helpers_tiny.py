@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fixtures.st_rundir import CONTROL_LABEL, STArchitecture, build_st_model, save_run_dir
+from hypocheck.fixtures.st_rundir import CONTROL_LABEL, STArchitecture, build_st_model, save_run_dir
 
 N_GENES = 48
 N_PERTS = 12

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures.adapter import ModelAdapter, relative_difference
-from fixtures.sae import SparseAutoencoder
-from fixtures.safe_load import UntrustedPickleError, load_plain_pickle, torch_load
-from fixtures.st_adapter import AttentionModeWarning, STAdapter
 from hypocheck.errors import ModelLoadError, ProbeError, UnknownNameError
+from hypocheck.fixtures.adapter import ModelAdapter, relative_difference
+from hypocheck.fixtures.sae import SparseAutoencoder
+from hypocheck.fixtures.safe_load import UntrustedPickleError, load_plain_pickle, torch_load
+from hypocheck.fixtures.st_adapter import AttentionModeWarning, STAdapter
 from tests.helpers_tiny import (
     BATCH_NAMES,
     CELL_SET_LEN,

@@ -21,10 +21,10 @@ import pytest
 import torch
 import yaml
 
-from fixtures.config import SuiteConfig
-from fixtures.context import SuiteContext
-from fixtures.safe_load import UntrustedPickleError
 from hypocheck.errors import HypocheckError
+from hypocheck.fixtures.config import SuiteConfig
+from hypocheck.fixtures.context import SuiteContext
+from hypocheck.fixtures.safe_load import UntrustedPickleError
 from tests.helpers_tiny import GENE_NAMES, N_GENES, single_thread, tiny_adata, tiny_h5ad, tiny_run_dir
 from tests.test_adapters import _copy_run, _Evil, _rewrite_var_dims
 
@@ -37,11 +37,13 @@ CONTROL_CELLS = 8
 
 # the tiny planted model of the plugin's end-to-end tests, with cell lines added to its vocabulary
 CONFTEST = """\
-from tests.e2e_conftest import SETS, hypocheck_context  # noqa: F401
+from hypocheck.backend import StaticBackend
+from tests.e2e_conftest import SETS, TinyContext
 
 
-def pytest_hypocheck_vocabulary(config):
-    return {"model": ["tiny"], "gene_set": sorted(SETS), "cell_line": ["hepg2", "jurkat"]}
+def pytest_hypocheck_backend(config):
+    axes = {"model": ["tiny"], "gene_set": sorted(SETS), "cell_line": ["hepg2", "jurkat"]}
+    return StaticBackend(axes, TinyContext)
 """
 
 
@@ -227,11 +229,11 @@ def _run(action: str, config: Path) -> None:
     cfg = SuiteConfig.load(config)
     context = SuiteContext(cfg)
     if action == "load_model":
-        context.model("tiny")
+        context.suite.model("tiny")
     elif action == "load_data":
-        _ = context.data
+        _ = context.suite.data
     elif action.startswith("control_sentence "):
-        context.control_sentence(action.split()[1], "tiny")
+        context.suite.control_sentence(action.split()[1], "tiny")
     else:
         assert action == "load_config", action
 

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-import probes  # noqa: F401
-from fixtures.st_rundir import STArchitecture, build_st_model
+from hypocheck.backend import StaticBackend
+from hypocheck.fixtures.st_rundir import STArchitecture, build_st_model
 
 SETS = {"alpha": list(range(10)), "beta": list(range(10, 20)), "gamma": list(range(20, 30))}
 
@@ -72,13 +72,8 @@ class Context:
                 "models": {name: {"fingerprint": self.fingerprint(name)} for name in self.models}}
 
 
-@pytest.fixture(scope="session")
-def hypocheck_context():
-    return Context()
-
-
-def pytest_hypocheck_vocabulary(config):
-    return {"model": ["tiny", "twin"], "gene_set": sorted(SETS)}
+def pytest_hypocheck_backend(config):
+    return StaticBackend({"model": ["tiny", "twin"], "gene_set": sorted(SETS)}, Context)
 '''
 
 CLAIM = """\

@@ -1,5 +1,6 @@
 """Calibration: each test family holds alpha on null data and finds planted sets; the original
-pair-level rank-sum test does not hold alpha. A small run of ``probes.calibration`` (the CLI runs more)."""
+pair-level rank-sum test does not hold alpha. A small run of
+``hypocheck.probes.calibration.clustering`` (the CLI runs more)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from probes.calibration import (
+from hypocheck.probes.calibration.clustering import (
     CALIBRATED,
     CalibrationConfig,
     calibrate,

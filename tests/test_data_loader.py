@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from fixtures.config import SuiteConfig
-from fixtures.data import PerturbData
 from hypocheck.errors import ConfigError, DataError, UnknownNameError
+from hypocheck.fixtures.config import SuiteConfig
+from hypocheck.fixtures.data import PerturbData
 from tests.helpers_tiny import (
     BATCH_NAMES,
     CELL_LINES,
@@ -106,7 +106,7 @@ def test_hvg_subset_gene_names_and_no_batch(tmp_path: Path) -> None:
 def test_lazy_row_reads_match_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import h5py
 
-    import fixtures.data as data_module
+    import hypocheck.fixtures.data as data_module
 
     monkeypatch.setattr(data_module, "_BLOCK", 100)
     values = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)

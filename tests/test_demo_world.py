@@ -18,10 +18,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from fixtures.demo import DEMO_DIR
-from fixtures.demo.manifest import sha256, shipped_files
-from fixtures.demo.world import KEYS, generate_world, graph_matrix
-from probes.genesets import DEFAULT_GENE_SETS
+from hypocheck.fixtures.demo import DEMO_DIR
+from hypocheck.fixtures.demo.manifest import sha256, shipped_files
+from hypocheck.fixtures.demo.world import KEYS, generate_world, graph_matrix
+from hypocheck.fixtures.genesets import DEFAULT_GENE_SETS
 
 CONTROL = "non-targeting"
 MODELS = ("fewshot", "zeroshot")
@@ -275,8 +275,8 @@ def _metrics(info: dict[str, Any]) -> dict[str, float]:
 
 @pytest.mark.skipif(os.environ.get("HYPOCHECK_SKIP_REBUILD") == "1", reason="HYPOCHECK_SKIP_REBUILD=1")
 def test_rebuild_matches_manifest(tmp_path: Path, manifest: dict[str, Any]) -> None:
-    from fixtures.demo.build import build
-    from fixtures.demo.train import TrainConfig
+    from hypocheck.fixtures.demo.build import build
+    from hypocheck.fixtures.demo.train import TrainConfig
 
     info = build(tmp_path, manifest["seeds"]["world"], TrainConfig(**manifest["train"]))
     assert info["files"]["world/truth.json"] == manifest["files"]["world/truth.json"]

@@ -122,7 +122,7 @@ def test_artifacts_are_computed_once_per_run_across_workers(
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     monkeypatch.delenv("HYPOCHECK_SUITE", raising=False)
-    pytester.makeconftest((REPO_ROOT / "conftest.py").read_text())  # the project's own wiring, unchanged
+    # no conftest: the installed plugin reads suite.yaml and builds every input
     _tiny_suite(pytester.path)
     (pytester.path / "hypotheses").mkdir()
     (pytester.path / "hypotheses" / "shared.yaml").write_text(HYPOTHESIS)

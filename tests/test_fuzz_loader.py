@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-import probes  # noqa: F401  (registers probes)
+import hypocheck.probes  # noqa: F401  (registers probes)
 from hypocheck.cases import expand
 from hypocheck.errors import ExpectationSyntaxError, HypocheckError
 from hypocheck.expect import parse_expectation

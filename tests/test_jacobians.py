@@ -11,10 +11,9 @@ import pytest
 import torch
 from torch import Tensor
 
-import hypocheck.jacobians as jac
-from fixtures.st_adapter import STAdapter
+import hypocheck.fixtures.jacobians as jac
 from hypocheck.errors import ProbeError
-from hypocheck.jacobians import (
+from hypocheck.fixtures.jacobians import (
     ChunkPlan,
     JacobianMemoryError,
     Metric,
@@ -26,6 +25,7 @@ from hypocheck.jacobians import (
     pert_jacobians,
     weight_factor,
 )
+from hypocheck.fixtures.st_adapter import STAdapter
 from tests.helpers_tiny import HIDDEN, N_GENES, PERT_NAMES, control_sentence, tiny_run_dir
 
 KDS = ["KD01", "KD03", "KD05", "KD08"]

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hypocheck.registry import get_probe
-from probes.clustering import (
+from hypocheck.probes.clustering import (
     OutputAbsenceParams,
     OutputClusteringParams,
     detection_power,
@@ -18,6 +17,7 @@ from probes.clustering import (
     output_set_absence,
     output_set_clustering,
 )
+from hypocheck.registry import get_probe
 
 FAST = {"null_sets": 2000, "bootstrap": 500}
 

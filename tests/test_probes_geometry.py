@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hypocheck.registry import get_probe
-from probes.geometry import (
+from hypocheck.probes.geometry import (
     CrossModelParams,
     NeighbourPurityParams,
     cross_model_cosine,
@@ -20,7 +19,8 @@ from probes.geometry import (
     rotation_null,
     set_purity,
 )
-from probes.setstats import cosine_matrix
+from hypocheck.probes.setstats import cosine_matrix
+from hypocheck.registry import get_probe
 
 
 def neighbourhood(seed: int = 0) -> np.ndarray:

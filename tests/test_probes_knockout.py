@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from hypocheck.probes.knockout import KnockoutTransferParams, knockout_transfer, rowwise_spearman
 from hypocheck.registry import get_probe
-from probes.knockout import KnockoutTransferParams, knockout_transfer, rowwise_spearman
 
 A = np.array([1.0, 2, 3, 4])
 # line-B profiles with hand-computed Spearman r against A: 1 − 6 Σd² / (n (n² − 1)), n = 4

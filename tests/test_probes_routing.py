@@ -12,8 +12,7 @@ from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
 from hypocheck.plots import PlotInfo, render_all
-from hypocheck.registry import get_probe
-from probes.matrixstats import (
+from hypocheck.probes.matrixstats import (
     adjusted_rand_rows,
     bootstrap_correlations,
     correlation_ses,
@@ -28,7 +27,7 @@ from probes.matrixstats import (
     ward_labels,
     welch_difference,
 )
-from probes.routing import (
+from hypocheck.probes.routing import (
     DifferenceParams,
     RoutingParams,
     StabilityParams,
@@ -36,7 +35,8 @@ from probes.routing import (
     routing_coherence_difference,
     routing_stability,
 )
-from probes.setstats import unit_rows
+from hypocheck.probes.setstats import unit_rows
+from hypocheck.registry import get_probe
 
 FAST = {"permutations": 199, "bootstrap": 200}
 

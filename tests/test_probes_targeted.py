@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from hypocheck.probes.targeted import TargetedParams, min_attainable_p, targeted_jacobian
 from hypocheck.registry import get_probe
-from probes.targeted import TargetedParams, min_attainable_p, targeted_jacobian
 
 REGULATORS = ["HSPA5", "ATF4"]
 TARGETS = ["CALR", "PDIA3", "ERO1A"]

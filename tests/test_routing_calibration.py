@@ -1,6 +1,6 @@
 """Calibration of the routing tests: each holds alpha on null worlds (ΔY and Jacobians independent) and finds
 planted routing (Jacobian similarity = f(ΔY similarity) + noise). The quick configuration of
-``probes.routing_calibration`` (the CLI runs more worlds)."""
+``hypocheck.probes.calibration.routing`` (the CLI runs more worlds)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from probes.matrixstats import cosine_from_gram, upper
-from probes.routing_calibration import (
+from hypocheck.probes.calibration.routing import (
     COVERAGE_FLOOR,
     FAMILIES,
     PLANTED,
@@ -25,7 +24,8 @@ from probes.routing_calibration import (
     planted_features,
     write_reports,
 )
-from probes.setstats import unit_rows
+from hypocheck.probes.matrixstats import cosine_from_gram, upper
+from hypocheck.probes.setstats import unit_rows
 
 
 @pytest.fixture(scope="module")

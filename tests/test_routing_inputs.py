@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from fixtures.config import SuiteConfig
-from fixtures.context import SuiteContext
-from fixtures.data import SAMPLINGS
-from fixtures.st_adapter import STAdapter
 from hypocheck.errors import UnknownNameError
+from hypocheck.fixtures.config import SuiteConfig
+from hypocheck.fixtures.context import SuiteContext
+from hypocheck.fixtures.data import SAMPLINGS
+from hypocheck.fixtures.st_adapter import STAdapter
 from tests.helpers_tiny import tiny_h5ad, tiny_run_dir
 
 CELLS = 8
@@ -39,16 +39,16 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SuiteContext:
 
 def _mean_prediction(ctx: SuiteContext, onehots: torch.Tensor, line: str = "hepg2") -> torch.Tensor:
     """Ȳ through the whole model (pert_encoder included) for each one-hot row, by plain autograd-able calls."""
-    adapter = ctx.model("tiny")
-    basal, batch = ctx.control_sentence(line, "tiny")
+    adapter = ctx.suite.model("tiny")
+    basal, batch = ctx.suite.control_sentence(line, "tiny")
     return torch.stack([adapter.forward_from_repr(adapter.encode_perturbation(p[None]), basal, batch)[0].mean(0)
                         for p in onehots])
 
 
 def _autograd_jacobians(ctx: SuiteContext, wrt_onehot: bool) -> torch.Tensor:
-    adapter = ctx.model("tiny")
-    basal, batch = ctx.control_sentence("hepg2", "tiny")
-    onehots = adapter.onehot(ctx.knockdowns("tiny"))
+    adapter = ctx.suite.model("tiny")
+    basal, batch = ctx.suite.control_sentence("hepg2", "tiny")
+    onehots = adapter.onehot(ctx.suite.knockdowns("tiny"))
     out = []
     for p in onehots:
         if wrt_onehot:
@@ -63,13 +63,13 @@ def _autograd_jacobians(ctx: SuiteContext, wrt_onehot: bool) -> torch.Tensor:
 
 
 def test_delta_y_is_the_cell_mean_difference_to_control(ctx: SuiteContext) -> None:
-    adapter = ctx.model("tiny")
-    names = ctx.knockdowns("tiny")
+    adapter = ctx.suite.model("tiny")
+    names = ctx.suite.knockdowns("tiny")
     assert names == ["KD00", "KD01", "KD02"]
     with torch.no_grad():
         y = _mean_prediction(ctx, adapter.onehot([*names, adapter.control_pert])).double().numpy()
-    np.testing.assert_allclose(ctx.delta_y("tiny", "hepg2"), y[:-1] - y[-1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ctx.effect_magnitudes("tiny", "hepg2"), np.linalg.norm(y[:-1] - y[-1], axis=1),
+    np.testing.assert_allclose(ctx.artifacts.delta_y("tiny", "hepg2"), y[:-1] - y[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ctx.artifacts.effect_magnitudes("tiny", "hepg2"), np.linalg.norm(y[:-1] - y[-1], axis=1),
                                rtol=1e-5)
 
 
@@ -78,19 +78,19 @@ def test_jacobian_gram_matches_autograd(ctx: SuiteContext, onehot: bool) -> None
     jac = _autograd_jacobians(ctx, wrt_onehot=onehot)
     flat = jac.reshape(jac.shape[0], -1)
     expected = (flat @ flat.T).numpy()
-    gram = ctx.jacobian_gram("tiny", "hepg2", onehot=onehot)
+    gram = ctx.artifacts.jacobian_gram("tiny", "hepg2", onehot=onehot)
     np.testing.assert_allclose(gram, expected, rtol=2e-4, atol=1e-7 * np.abs(expected).max())
 
 
 def test_the_suites_own_cell_count_is_one_sentence(ctx: SuiteContext) -> None:
-    assert ctx.delta_y("tiny", "hepg2", ("random", CELLS)) is ctx.delta_y("tiny", "hepg2")
-    assert ctx.delta_y("tiny", "hepg2", ("random", CELLS // 2)) is not ctx.delta_y("tiny", "hepg2")
+    assert ctx.artifacts.delta_y("tiny", "hepg2", ("random", CELLS)) is ctx.artifacts.delta_y("tiny", "hepg2")
+    assert ctx.artifacts.delta_y("tiny", "hepg2", ("random", CELLS // 2)) is not ctx.artifacts.delta_y("tiny", "hepg2")
 
 
 def test_knockout_profiles_zero_one_gene_in_every_cell(ctx: SuiteContext) -> None:
-    adapter = ctx.model("tiny")
+    adapter = ctx.suite.model("tiny")
     genes = [adapter.gene_names[2], adapter.gene_names[7]]
-    basal, batch = ctx.control_sentence("jurkat", "tiny")
+    basal, batch = ctx.suite.control_sentence("jurkat", "tiny")
     with torch.no_grad():
         r = adapter.encode_perturbation(adapter.onehot([adapter.control_pert]))
         base = adapter.forward_from_repr(r, basal, batch)[0].mean(0)
@@ -99,21 +99,21 @@ def test_knockout_profiles_zero_one_gene_in_every_cell(ctx: SuiteContext) -> Non
             knocked = basal.clone()
             knocked[:, adapter.gene_names.index(gene)] = 0
             expected.append((adapter.forward_from_repr(r, knocked, batch)[0].mean(0) - base).double().numpy())
-    np.testing.assert_allclose(ctx.knockout_profiles("tiny", "jurkat", genes), np.stack(expected), rtol=1e-4,
+    np.testing.assert_allclose(ctx.artifacts.knockout_profiles("tiny", "jurkat", genes), np.stack(expected), rtol=1e-4,
                                atol=1e-6)
 
 
 def test_pert_weight_is_the_encoder_weight(ctx: SuiteContext) -> None:
-    adapter = ctx.model("tiny")
+    adapter = ctx.suite.model("tiny")
     assert isinstance(adapter, STAdapter)
     weight = adapter.model.pert_encoder[0].weight.detach()
-    torch.testing.assert_close(ctx.pert_weight("tiny"), weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ctx.artifacts.pert_weight("tiny"), weight, rtol=1e-5, atol=1e-6)
 
 
 def test_held_jacobians_on_another_sentence(ctx: SuiteContext) -> None:
-    held = ctx.held_jacobians("tiny", "hepg2", ["KD02", "KD00"], ("top_magnitude", 4))
-    adapter = ctx.model("tiny")
-    basal, batch = ctx.control_sentence("hepg2", "tiny", "top_magnitude", 4)
+    held = ctx.artifacts.held_jacobians("tiny", "hepg2", ["KD02", "KD00"], ("top_magnitude", 4))
+    adapter = ctx.suite.model("tiny")
+    basal, batch = ctx.suite.control_sentence("hepg2", "tiny", "top_magnitude", 4)
     assert basal.shape[0] == 4
     for row, kd in zip(held, ["KD02", "KD00"], strict=True):
         r = adapter.encode_perturbation(adapter.onehot([kd]))[0].detach()
@@ -123,12 +123,12 @@ def test_held_jacobians_on_another_sentence(ctx: SuiteContext) -> None:
 
 
 def test_input_derivatives_match_finite_differences(ctx: SuiteContext) -> None:
-    adapter = ctx.model("tiny")
+    adapter = ctx.suite.model("tiny")
     genes = adapter.gene_names
     regulators, targets = [genes[0], genes[3]], [genes[1], genes[2], genes[5]]
-    d = ctx.input_derivatives("tiny", "jurkat", ["KD01", "KD02"], regulators, targets)
+    d = ctx.artifacts.input_derivatives("tiny", "jurkat", ["KD01", "KD02"], regulators, targets)
     assert d.shape == (2, 2, 3)
-    basal, batch = ctx.control_sentence("jurkat", "tiny")
+    basal, batch = ctx.suite.control_sentence("jurkat", "tiny")
     cols = [genes.index(t) for t in targets]
     eps = 1e-2
     for i, kd in enumerate(["KD01", "KD02"]):
@@ -144,7 +144,7 @@ def test_input_derivatives_match_finite_differences(ctx: SuiteContext) -> None:
 
 
 def test_samplings_are_seeded_distinct_and_valid(ctx: SuiteContext) -> None:
-    data = ctx.data_for("tiny")
+    data = ctx.suite.data_for("tiny")
     all_controls = data.controls("hepg2")
     totals = np.sort(all_controls.sum(axis=1))[::-1]
     for sampling in SAMPLINGS:
@@ -154,7 +154,7 @@ def test_samplings_are_seeded_distinct_and_valid(ctx: SuiteContext) -> None:
         assert a.shape == (10, all_controls.shape[1]) and batch_a.shape == (10,)
     top, _ = data.control_sentence("hepg2", 5, 0, None, "top_magnitude")
     np.testing.assert_allclose(np.sort(top.sum(axis=1))[::-1], totals[:5], rtol=1e-6)
-    batch_map = ctx.model("tiny").batch_map
+    batch_map = ctx.suite.model("tiny").batch_map
     _, all_batches = data.control_sentence("hepg2", all_controls.shape[0], 0, batch_map, "random")
     strat, strat_batches = data.control_sentence("hepg2", 10, 0, batch_map, "stratified")
     assert len(set(map(tuple, strat))) == 10  # without replacement

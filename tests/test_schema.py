@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import probes  # noqa: F401  (registers probes)
+import hypocheck.probes  # noqa: F401  (registers probes)
 from hypocheck.cases import Case, expand
 from hypocheck.errors import HypocheckError, HypothesisFileError, UnknownNameError
 from hypocheck.schema import hypotheses_from_doc, json_schema

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from hypocheck.probes.setstats import background_mean, cosine_matrix, set_clustering, within_mean
 from hypocheck.stats import bh_adjust, bootstrap_ci, compare_to_null, derive_seed, quantile_strata, random_sets
-from probes.setstats import background_mean, cosine_matrix, set_clustering, within_mean
 
 
 def planted_embeddings(seed: int = 0) -> np.ndarray:

@@ -38,7 +38,7 @@ corrected jackknife.
 
 Usage::
 
-    python -m probes.routing_calibration [--quick] [--null-worlds 600] [--out reports/calibration]
+    python -m hypocheck.probes.calibration.routing [--quick] [--null-worlds 600] [--out reports/calibration]
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ from threadpoolctl import threadpool_limits
 from hypocheck.atomic import atomic_write_text
 from hypocheck.stats import derive_seed
 
-from .calibration import mc_bound
-from .matrixstats import (
+from ..matrixstats import (
     bootstrap_correlations,
     cosine_from_gram,
     fisher_ci,
@@ -71,8 +70,9 @@ from .matrixstats import (
     upper,
     welch_difference,
 )
-from .routing import DifferenceParams, RoutingParams, routing_coherence, routing_coherence_difference
-from .setstats import unit_rows
+from ..routing import DifferenceParams, RoutingParams, routing_coherence, routing_coherence_difference
+from ..setstats import unit_rows
+from .clustering import mc_bound
 
 FAMILIES = {"mantel_pearson": "p_pearson", "mantel_spearman": "p_spearman", "cluster_ratio": "p_ratio",
             "ari": "p_ari"}

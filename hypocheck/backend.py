@@ -1,0 +1,94 @@
+"""What the engine needs from a backend: the vocabulary of case axes, a check of each case, one check of
+the whole configuration before any case runs, and the context that builds each case's probe inputs.
+
+The engine knows no model or data format. A backend does: this distribution's is the suite backend
+(``hypocheck.fixtures.backend``: arc-state run dirs, AnnData, SAE), found through the ``hypocheck.backends``
+entry-point group and built from the suite config file. A project can hand the plugin another backend by
+implementing the ``pytest_hypocheck_backend`` hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from .cases import Case
+from .errors import HypocheckError, UnknownNameError
+
+ENTRY_POINT_GROUP = "hypocheck.backends"
+DEFAULT_BACKEND = "suite"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a context computes and keeps heavy artifacts in this run."""
+
+    cache_dir: Path
+    use_cache: bool = True
+    progress: bool = False
+
+
+class ProbeContext(Protocol):
+    """Builds probe inputs for cases, loading models and data the first time a case needs them."""
+
+    def prepare(self, case: Case) -> Mapping[str, Any]:
+        """The probe's keyword inputs (arrays, index sets) for one case."""
+
+    def environment(self) -> Mapping[str, Any]:
+        """Fingerprints, device and notes of what this process loaded, for reports."""
+
+
+class Backend(Protocol):
+    """A configured backend: cheap to create (no model is loaded until a context needs it)."""
+
+    def vocabulary(self) -> Mapping[str, Sequence[str]]:
+        """Valid values of every case axis, e.g. ``{"model": ["fewshot"], "gene_set": [...]}``."""
+
+    def check_case(self, case: Case) -> None:
+        """Raise ``HypocheckError`` (at the case's location) when this backend cannot build the case's inputs."""
+
+    def validate(self) -> list[str]:
+        """Check the whole configuration (files, keys, checkpoints) once, before any case runs.
+
+        Raises ``HypocheckError`` naming file, line and key for the first problem; returns notes (things that
+        load but deserve a word in the report).
+        """
+
+    def context(self, options: RunOptions) -> ProbeContext:
+        """The context that prepares cases in this process."""
+
+
+def backend_factory(name: str) -> Any:
+    """The factory registered as ``name`` in the ``hypocheck.backends`` entry-point group."""
+    entries = {e.name: e for e in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if name not in entries:
+        raise UnknownNameError("backend", name, entries)
+    try:
+        return entries[name].load()
+    except Exception as exc:
+        raise HypocheckError(f"backend {name!r} ({entries[name].value}) failed to import: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class StaticBackend:
+    """A backend from a fixed vocabulary and a context factory: for a project that builds probe inputs its
+    own way (returned from its ``pytest_hypocheck_backend`` hook), and for tests."""
+
+    axes: Mapping[str, Sequence[str]]
+    make_context: Callable[[], ProbeContext]
+
+    def vocabulary(self) -> Mapping[str, Sequence[str]]:
+        return self.axes
+
+    def check_case(self, case: Case) -> None:
+        return None
+
+    def validate(self) -> list[str]:
+        return []
+
+    def context(self, options: RunOptions) -> ProbeContext:
+        return self.make_context()
