@@ -15,6 +15,7 @@ import torch
 
 from hypocheck.errors import ModelLoadError, ProbeError, UnknownNameError
 from hypocheck.fixtures.adapter import ModelAdapter, relative_difference
+from hypocheck.fixtures.config import ModelConfig
 from hypocheck.fixtures.sae import SparseAutoencoder
 from hypocheck.fixtures.safe_load import UntrustedPickleError, load_plain_pickle, torch_load
 from hypocheck.fixtures.st_adapter import AttentionModeWarning, STAdapter
@@ -213,6 +214,119 @@ def test_jacfwd_matches_autograd_jacobian(runs: dict[str, Path]) -> None:
     torch.testing.assert_close(tangent, torch.einsum("kgjh,jh->kg", reverse, torch.ones_like(r)), rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------ cell sets
+SET_LEN = 4
+
+
+@pytest.fixture(scope="module")
+def split(runs: dict[str, Path]) -> STAdapter:
+    """The bidirectional tiny model with control sentences run in sets of SET_LEN cells."""
+    return STAdapter.from_run_dir(runs["bidirectional"], name="split", cell_set_len=SET_LEN)
+
+
+def _infer_per_set(adapter: STAdapter, pert: str, basal: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
+    """arc-state's `state tx infer` path: predict_step(padded=False) on each window of n consecutive cells."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, basal.shape[0], n):
+            cells = basal[start : start + n]
+            onehots = adapter.onehot([pert]).expand(cells.shape[0], -1)
+            batch_dict = {"pert_emb": onehots, "ctrl_cell_emb": cells, "batch": batch[start : start + n]}
+            out.append(adapter.model.predict_step(batch_dict, 0, padded=False)["preds"])
+    adapter._drop_caches()
+    return torch.cat(out)
+
+
+@pytest.mark.filterwarnings("ignore:.*past_key_values.*:FutureWarning")  # arc-state's predict_step, called bare
+@pytest.mark.parametrize("n_cells", [12, 11], ids=["whole-sets", "remainder"])
+def test_split_forward_runs_each_set_alone(
+    split: STAdapter, bidi: STAdapter, n_cells: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert split.cell_set_len == SET_LEN and bidi.cell_set_len is None
+    assert f"within sets of {SET_LEN}" in split.describe() and "across the whole sentence" in bidi.describe()
+    basal, batch = control_sentence(n_cells, seed=7)
+    perts = ["non-targeting", "KD00", "KD06"]
+    bounds = list(range(0, n_cells, SET_LEN))
+    with torch.no_grad():
+        r = split.encode_perturbation(split.onehot(perts))
+        mine = split.forward_from_repr(r, basal, batch)
+        each = torch.cat([bidi.forward_from_repr(r, basal[a : a + SET_LEN], batch[a : a + SET_LEN]) for a in bounds], 1)
+        whole = bidi.forward_from_repr(r, basal, batch)
+        acts = split.layer_activations(r, basal, batch, 1)
+        acts_each = torch.cat(
+            [bidi.layer_activations(r, basal[a : a + SET_LEN], batch[a : a + SET_LEN], 1) for a in bounds], 1
+        )
+    assert mine.shape == whole.shape == (3, n_cells, N_GENES) and acts.shape == (3, n_cells, HIDDEN)
+    assert relative_difference(mine, each) < 1e-5
+    assert relative_difference(acts, acts_each) < 1e-5
+    for k, pert in enumerate(perts):
+        assert relative_difference(mine[k], _infer_per_set(split, pert, basal, batch, SET_LEN)) < 1e-5
+    assert split.check_equivalence(basal, batch, perts) < 1e-5  # predict() runs the same sets
+    assert relative_difference(split.predict(perts, basal, batch), each) < 1e-5
+    gap = relative_difference(mine, whole)
+    with capsys.disabled():
+        print(f"\n{n_cells} cells, whole sentence vs sets of {SET_LEN}: max relative difference {gap:.3g}")
+    assert gap > 5e-4, f"sets of {SET_LEN} vs the whole sentence differ by only {gap:.3g}"
+
+
+def test_a_sentence_no_longer_than_a_set_runs_whole(split: STAdapter, bidi: STAdapter) -> None:
+    basal, batch = control_sentence(SET_LEN, seed=2)
+    r = bidi.encode_perturbation(bidi.onehot(["KD01", "KD02"]))
+    with torch.no_grad():
+        assert torch.equal(split.forward_from_repr(r, basal, batch), bidi.forward_from_repr(r, basal, batch))
+
+
+def test_cell_set_len_from_the_suite_config(runs: dict[str, Path]) -> None:
+    spec = ModelConfig(run_dir=runs["bidirectional"])
+    cpu = torch.device("cpu")
+    assert STAdapter.from_model_config(spec, name="a", device=cpu, cell_set_len="checkpoint").cell_set_len == (
+        CELL_SET_LEN
+    )
+    assert STAdapter.from_model_config(spec, name="b", device=cpu, cell_set_len="sentence").cell_set_len is None
+    one = STAdapter.from_model_config(spec, name="c", device=cpu, cell_set_len=1)
+    assert one.cell_set_len == 1
+    assert one.attention == "bidirectional"  # measured on one set of cells, whatever the split
+    basal, batch = control_sentence(5, seed=3)
+    r = one.encode_perturbation(one.onehot(["KD03"]))
+    moved = basal.clone()
+    moved[-1] += 5.0
+    with torch.no_grad():  # sets of one cell: no cell sees another
+        change = one.forward_from_repr(r, moved, batch)[0] - one.forward_from_repr(r, basal, batch)[0]
+    assert change[:-1].abs().max() < 1e-7 < change[-1].abs().max()
+    with pytest.raises(ModelLoadError, match=r"cell_set_len=0 is not valid") as err:
+        STAdapter.from_run_dir(runs["bidirectional"], cell_set_len=0)
+    assert "'checkpoint' (the trained value), 'sentence'" in str(err.value)
+    assert STAdapter.from_run_dir(runs["bidirectional"], cell_set_len="sentence").cell_set_len is None
+
+
+def test_jacfwd_through_the_split_forward(runs: dict[str, Path]) -> None:
+    adapter = STAdapter.from_run_dir(runs["bidirectional"], cell_set_len=3)
+    adapter.model.double()
+    basal, batch = control_sentence(7, dtype=torch.float64)  # sets of 3, 3 and 1 cells
+    r = adapter.encode_perturbation(adapter.onehot(["KD02", "KD04"]))
+
+    def mean_out(rr: torch.Tensor) -> torch.Tensor:
+        return adapter.forward_from_repr(rr, basal, batch).mean(1)
+
+    forward = torch.func.jacfwd(mean_out)(r)
+    reverse = torch.autograd.functional.jacobian(mean_out, r, vectorize=True)
+    assert forward.shape == (2, N_GENES, 2, HIDDEN) and reverse.abs().max() > 0
+    torch.testing.assert_close(forward, reverse, rtol=0, atol=1e-6 * reverse.abs().max().item())
+
+    def by_basal(b: torch.Tensor) -> torch.Tensor:
+        return adapter.forward_from_repr(r[:1], b, batch)[0]
+
+    jac = torch.func.jacfwd(by_basal)(basal)  # (S, G, S, G)
+    torch.testing.assert_close(jac, torch.autograd.functional.jacobian(by_basal, basal, vectorize=True),
+                               rtol=0, atol=1e-6)
+    cell_to_cell = jac.abs().amax(dim=(1, 3))  # (S, S): does cell j move cell i?
+    same_set = torch.tensor([[i // 3 == j // 3 for j in range(7)] for i in range(7)])
+    assert (cell_to_cell[~same_set] == 0).all()  # no attention across sets
+    assert (cell_to_cell[same_set] > 0).all()
+    single = torch.func.vmap(lambda one: adapter.forward_from_repr(one[None], basal, batch)[0])(r)
+    torch.testing.assert_close(single, adapter.forward_from_repr(r, basal, batch))
+
+
 # ------------------------------------------------------------------- attention
 @pytest.mark.parametrize("mode", ["bidirectional", "causal"])
 def test_attention_mode_is_read_verified_and_measured(adapters: dict[str, STAdapter], mode: str) -> None:
@@ -283,16 +397,61 @@ def test_unknown_checkpoint_name(runs: dict[str, Path]) -> None:
     assert "did you mean 'final'" in str(err.value)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_corrupt_checkpoint(runs: dict[str, Path], tmp_path: Path, damage: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("truncated", "cannot read this PyTorch checkpoint; it looks truncated or corrupt"),
+        ("garbage", "not a PyTorch checkpoint: it is neither a zip archive nor a pickle (it starts with the bytes 5f"),
+        ("empty", "not a PyTorch checkpoint: it is empty (0 bytes)"),
+    ],
+)
+def test_corrupt_checkpoint(runs: dict[str, Path], tmp_path: Path, damage: str, says: str) -> None:
     run = _copy_run(runs["bidirectional"], tmp_path / "run")
     ckpt = run / "checkpoints" / "final.ckpt"
     data = ckpt.read_bytes()
     damaged = {"truncated": data[: len(data) // 2], "garbage": np.random.default_rng(0).bytes(2048), "empty": b""}
     ckpt.write_bytes(damaged[damage])
-    with pytest.raises(ModelLoadError, match="truncated or corrupt") as err:
+    with pytest.raises(ModelLoadError) as err:
         STAdapter.from_run_dir(run)
-    assert str(ckpt) in str(err.value)
+    assert str(ckpt) in str(err.value) and says in str(err.value)
+    assert "trust_pickle" not in str(err.value)  # trusting the file would not make it readable
+
+
+_NOT_CHECKPOINTS = {
+    "html": (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body></body></html>\n",
+             "it is an HTML page (an error or sign-in page saved in its place?), starting '<!DOCTYPE html>'"),
+    "text": (b"404: Not Found\n", "it is text, starting '404: Not Found'"),
+    "lfs": (b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 42\n", "git lfs pull"),
+}
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["untrusted", "trusted"])
+@pytest.mark.parametrize("content", list(_NOT_CHECKPOINTS))
+def test_a_file_that_is_not_a_checkpoint_says_so(runs: dict[str, Path], tmp_path: Path, content: str,
+                                                 trust: bool) -> None:
+    run = _copy_run(runs["bidirectional"], tmp_path / "run")
+    ckpt = run / "checkpoints" / "final.ckpt"
+    data, says = _NOT_CHECKPOINTS[content]
+    ckpt.write_bytes(data)
+    for load in (lambda: STAdapter.from_run_dir(run, trust_pickle=trust),
+                 lambda: STAdapter.inspect_model_config(ModelConfig(run_dir=run, trust_pickle=trust))):
+        with pytest.raises(ModelLoadError) as err:
+            load()
+        text = str(err.value)
+        assert f"{ckpt}: not a PyTorch checkpoint: " in text and says in text
+        assert "Unsupported operand" not in text and "trust_pickle" not in text
+
+
+def test_checkpoint_errors_name_the_checkpoint_whatever_its_file_name(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The config check shows a message at `checkpoint:` when it says 'checkpoint' or '.ckpt'."""
+    run = _copy_run(runs["bidirectional"], tmp_path / "run")
+    weights = run / "weights" / "model.pt"
+    weights.parent.mkdir()
+    weights.write_bytes((run / "checkpoints" / "final.ckpt").read_bytes())
+    _rewrite_checkpoint(weights, lambda c: c["hyper_parameters"].pop("pert_dim"))
+    with pytest.raises(ModelLoadError) as err:
+        STAdapter.inspect_model_config(ModelConfig(run_dir=run, checkpoint="weights/model.pt"))
+    assert err.value.message.startswith(f"checkpoint {weights}: missing key 'hyper_parameters.pert_dim'")
 
 
 _PREFIXES = [b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04", b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"]
@@ -339,6 +498,54 @@ def test_var_dims_that_disagree_with_the_checkpoint(
     assert "var_dims.pkl" in str(err.value) and key in str(err.value)
 
 
+def test_inspect_reads_and_checks_without_building_the_model(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from state.tx.models.state_transition import StateTransitionPerturbationModel
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("inspect_model_config built the model")
+
+    monkeypatch.setattr(StateTransitionPerturbationModel, "load_from_checkpoint", refuse)
+    assert STAdapter.inspect_model_config(ModelConfig(run_dir=runs["bidirectional"])) == []
+    with pytest.raises(ModelLoadError, match="unknown checkpoint name 'fnal'"):
+        STAdapter.inspect_model_config(ModelConfig(run_dir=runs["bidirectional"], checkpoint="fnal"))
+
+
+@pytest.mark.parametrize("key", ["hvg_dim", "gene_dim"])
+def test_decoder_only_dims_that_disagree_are_a_note(
+    runs: dict[str, Path], bidi: STAdapter, tmp_path: Path, key: str
+) -> None:
+    """arc-state 0.11.1 wrote its default hvg_dim=2001 into checkpoints whose var_dims.pkl says otherwise."""
+    run = _copy_run(runs["bidirectional"], tmp_path / "run")
+    _rewrite_checkpoint(run / "checkpoints" / "final.ckpt", lambda c: c["hyper_parameters"].update({key: 2001}))
+    expected = (
+        f"{run / 'var_dims.pkl'} (key {key!r}) says {key}={N_GENES}, but {run / 'checkpoints' / 'final.ckpt'} "
+        f"(hyper_parameters.{key}) says 2001; only arc-state's gene decoder reads {key}"
+    )
+    notes = STAdapter.inspect_model_config(ModelConfig(run_dir=run))
+    assert len(notes) == 1 and notes[0].startswith(expected) and "loaded anyway" in notes[0]
+    adapter = STAdapter.from_run_dir(run)
+    assert adapter.notes == notes
+    assert int(adapter.model.hparams[key]) == 2001  # arc-state built it from the checkpoint's value
+    basal, batch = control_sentence()
+    assert relative_difference(adapter.predict(PERT_NAMES, basal, batch), bidi.predict(PERT_NAMES, basal, batch)) == 0
+    assert bidi.notes == []
+
+
+@pytest.mark.parametrize("key", ["pert_dim", "input_dim", "batch_dim"])
+def test_checkpoint_dims_that_change_the_model_are_refused(runs: dict[str, Path], tmp_path: Path, key: str) -> None:
+    run = _copy_run(runs["bidirectional"], tmp_path / "run")
+    _rewrite_checkpoint(run / "checkpoints" / "final.ckpt", lambda c: c["hyper_parameters"].update({key: 99}))
+    for load in (lambda: STAdapter.from_run_dir(run), lambda: STAdapter.inspect_model_config(ModelConfig(run_dir=run))):
+        with pytest.raises(ModelLoadError) as err:
+            load()
+        assert f"var_dims.pkl (key {key!r}) says {key}=" in err.value.message
+        assert f"final.ckpt (hyper_parameters.{key}) says 99: the run dir and checkpoint do not belong together" in (
+            err.value.message
+        )
+
+
 def test_var_dims_missing_key(runs: dict[str, Path], tmp_path: Path) -> None:
     run = _copy_run(runs["bidirectional"], tmp_path / "run")
     vd = pickle.loads((run / "var_dims.pkl").read_bytes())
@@ -375,8 +582,9 @@ def test_malicious_torch_files_are_refused(runs: dict[str, Path], tmp_path: Path
 def test_unlisted_global_loads_only_with_trust(runs: dict[str, Path], tmp_path: Path) -> None:
     run = _copy_run(runs["bidirectional"], tmp_path / "run")
     _rewrite_checkpoint(run / "checkpoints" / "final.ckpt", lambda c: c.update(note=Fraction(1, 3)))
-    with pytest.raises(UntrustedPickleError, match=r"fractions\.Fraction"):
+    with pytest.raises(UntrustedPickleError, match=r"fractions\.Fraction") as err:
         STAdapter.from_run_dir(run)
+    assert "trust_pickle: true" in str(err.value)  # the one failure that trusting the file can fix
     assert STAdapter.from_run_dir(run, trust_pickle=True).attention == "bidirectional"
 
 
