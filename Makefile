@@ -65,5 +65,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.probes_bench
 	$(BIN)/python -m bench.jacobian_bench --cells 64 --kds 3 --orig-genes 200 --jacfwd-kds 1 --threads 1
 
+## make schema: regenerate hypothesis.schema.json (editor completion) and docs/probes.md (the probe reference)
 schema: $(STAMP)
 	$(BIN)/hypocheck-schema > hypothesis.schema.json
+	@mkdir -p docs
+	$(BIN)/hypocheck probes --markdown > docs/probes.md

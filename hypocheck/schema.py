@@ -2,16 +2,24 @@
 
 One YAML file holds one hypothesis (a mapping) or several (``hypotheses: [...]``).
 Run ``hypocheck-schema > hypothesis.schema.json`` to regenerate the JSON Schema
-for editor completion.
+for editor completion: it knows every registered probe, and checks each
+probe's ``params`` and ``inputs`` with that probe's own models.
+``probe_catalog()`` describes the probes for ``hypocheck probes``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+import types
+import typing
 from typing import Annotated, Any, Literal
 
+import annotated_types
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from .errors import ExpectationSyntaxError, HypothesisFileError
 from .expect import Expectation, check_satisfiable, parse_expectation
@@ -37,7 +45,7 @@ class Source(BaseModel):
     """Where the claim comes from in the original analysis."""
 
     model_config = ConfigDict(extra="forbid")
-    claim: int | None = Field(None, description="Headline claim number (SPEC §5), if any.")
+    claim: int | None = Field(None, description="Number of the headline claim it checks, if any.")
     notebook: str | None = Field(None, description="Notebook of the original analysis, e.g. NB02.")
     note: str | None = Field(None, description="Free text: figure, table or page.")
 
@@ -58,7 +66,7 @@ class Hypothesis(BaseModel):
     id: str = Field(..., pattern=_ID_PATTERN, description="Unique id across the run: letters, digits, _.")
     claim: str = Field(..., min_length=1, description="The claim in words; the test's title.")
     source: Source = Field(default_factory=Source, description="Which claim / notebook it checks.")
-    probe: str = Field(..., description="Registered probe name.")
+    probe: str = Field(..., description="Registered probe name (`hypocheck probes` lists them).")
     cases: dict[str, list[AxisValue]] = Field(
         default_factory=dict,
         description="Named axes to cross (model × cell_line × gene_set …); one test per combination.",
@@ -84,7 +92,15 @@ class Hypothesis(BaseModel):
     seed: int = Field(0, ge=0, description="Base seed; each case's seed derives from it and the case id.")
     marks: list[str] = Field(default_factory=list, description="pytest marks to add (select with -m).")
     tags: list[str] = Field(default_factory=list, description="Free labels, shown in reports.")
-    tolerance: Tolerance = Field(default_factory=Tolerance, description="Drift tolerance for baselines.")
+    tolerance: Tolerance | None = Field(
+        None, description="Drift tolerance for baselines (default: a metric drifts when it moves by more than its "
+                          "own uncertainty; see the README).")
+    min_effect: float | None = Field(
+        None, description="Minimum effect of interest: a claim of presence passes only when the CI of its effect "
+                          "metric clears this (default: the probe's documented floor).")
+    holds_if: Literal["all", "any"] | int = Field(
+        "all", description="When the claim holds, from its cases: all of them pass (default), any one, or at "
+                           "least this many.")
 
     @field_validator("cases")
     @classmethod
@@ -184,14 +200,123 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of a hypothesis file (one hypothesis or ``hypotheses: [...]``)."""
-    single = Hypothesis.model_json_schema()
-    return {
+    """JSON Schema of a hypothesis file (one hypothesis or ``hypotheses: [...]``).
+
+    ``probe`` is one of the registered probes, and an if/then rule per probe checks ``params`` and ``inputs``
+    against that probe's models (unknown keys refused), so that an editor flags them while typing.
+    """
+    from pydantic.json_schema import models_json_schema
+
+    from .registry import registered_probes
+
+    probes = registered_probes()
+    models: list[type[BaseModel]] = list(
+        dict.fromkeys([Hypothesis, *(m for spec in probes.values() for m in (spec.params, spec.inputs))])
+    )
+    refs, top = models_json_schema([(m, "validation") for m in models], ref_template="#/$defs/{model}")
+    defs = top["$defs"]
+    single = defs.pop(refs[(Hypothesis, "validation")]["$ref"].rsplit("/", 1)[-1])
+    single["properties"]["probe"]["enum"] = sorted(probes)
+    single["allOf"] = [
+        {
+            "if": {"properties": {"probe": {"const": name}}, "required": ["probe"]},
+            "then": {"properties": {"params": refs[(spec.params, "validation")],
+                                    "inputs": refs[(spec.inputs, "validation")]}},
+        }
+        for name, spec in sorted(probes.items())
+    ]
+    schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "hypocheck hypothesis file",
-        "anyOf": [single, {"type": "object", "properties": {"hypotheses": {"type": "array", "items": single}},
-                           "required": ["hypotheses"], "additionalProperties": False}],
+        "anyOf": [single, {"type": "object", "properties": {"hypotheses": {
+            "type": "array", "items": {"$ref": "#/anyOf/0"}, "minItems": 1}},
+            "required": ["hypotheses"], "additionalProperties": False}],
+        "$defs": defs,
     }
+    return _plain_descriptions(schema)
+
+
+def _plain_descriptions(node: Any) -> Any:
+    """``node`` with every ``description`` in plain words (references to the specification dropped)."""
+    if isinstance(node, dict):
+        return {k: plain_words(v) if k == "description" and isinstance(v, str) else _plain_descriptions(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain_descriptions(v) for v in node]
+    return node
+
+
+def plain_words(text: str) -> str:
+    """``text`` without citations of the specification's sections (``SPEC §6``), which users do not have."""
+    text = re.sub(r"SPEC\s*§[\d.,–\-]*\d(?:,\s*)?", "", text)
+    return re.sub(r" {2,}", " ", re.sub(r"\s*\(\s*\)", "", text)).strip()
+
+
+# ------------------------------------------------------------------ the probe catalogue
+
+
+def type_text(annotation: Any, metadata: typing.Sequence[Any] = ()) -> str:
+    """A field's type in the words of a YAML file: ``int (≥ 100)``, ``auto | sae | residual``, ``int | null``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        text = "null"
+    elif origin is Literal:
+        text = " | ".join("null" if a is None else str(a) for a in args)
+    elif origin is Annotated:
+        return type_text(args[0], [*args[1:], *metadata])
+    elif origin in (typing.Union, types.UnionType):
+        text = " | ".join(type_text(a) for a in args)
+    elif origin is tuple and Ellipsis not in args:  # a fixed-length YAML list: [str, str]
+        text = "[" + ", ".join(type_text(a) for a in args) + "]"
+    elif origin is not None:
+        inner = ", ".join("…" if a is Ellipsis else type_text(a) for a in args)
+        text = f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    elif isinstance(annotation, type):
+        text = annotation.__name__
+    else:
+        text = str(annotation).replace("typing.", "")
+    bounds = [_bound_text(m) for m in metadata if _bound_text(m)]
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+_BOUNDS = {annotated_types.Ge: ("ge", "≥ {}"), annotated_types.Gt: ("gt", "> {}"), annotated_types.Le: ("le", "≤ {}"),
+           annotated_types.Lt: ("lt", "< {}"), annotated_types.MinLen: ("min_length", "length ≥ {}"),
+           annotated_types.MaxLen: ("max_length", "length ≤ {}")}
+
+
+def _bound_text(constraint: Any) -> str:
+    for kind, (attr, template) in _BOUNDS.items():
+        if isinstance(constraint, kind):
+            return template.format(getattr(constraint, attr))
+    return ""
+
+
+def field_entry(name: str, info: FieldInfo) -> dict[str, Any]:
+    """One option of a probe's ``params:`` or ``inputs:``: name, type, default (when it has one) and meaning."""
+    required = info.is_required()
+    default = None if required else to_jsonable_python(info.get_default(call_default_factory=True))
+    return {"name": name, "type": type_text(info.annotation, info.metadata), "required": required,
+            "default": default, "description": plain_words(info.description or "")}
+
+
+def probe_catalog() -> list[dict[str, Any]]:
+    """Every registered probe as plain data: what it measures, its case axes, arrays, options and metrics."""
+    from .registry import registered_probes
+
+    return [
+        {
+            "name": name,
+            "description": plain_words(spec.description),
+            "axes": list(spec.axes),
+            "input_arrays": list(spec.input_arrays()),
+            "inputs": [field_entry(n, f) for n, f in spec.inputs.model_fields.items()],
+            "params": [field_entry(n, f) for n, f in spec.params.model_fields.items()],
+            "metrics": list(spec.metrics),
+            "effect": spec.effect,
+            "p": spec.p,
+        }
+        for name, spec in sorted(registered_probes().items())
+    ]
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +146,60 @@ def test_json_schema_documents_every_field() -> None:
     import json
 
     assert json.loads(committed.read_text()) == schema, "run `make schema` to refresh hypothesis.schema.json"
+
+
+def _follow(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """``node`` with every ``$ref`` (a JSON pointer into ``schema``) followed."""
+    while "$ref" in node:
+        target: Any = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        node = target
+    return node
+
+
+def _probe_rule(schema: dict[str, Any], probe: str, key: str) -> dict[str, Any]:
+    """The model schema that the if/then rule for ``probe`` applies to ``key`` (params or inputs)."""
+    single = schema["anyOf"][0]
+    [rule] = [r for r in single["allOf"] if r["if"]["properties"]["probe"] == {"const": probe}]
+    assert rule["if"]["required"] == ["probe"]
+    return _follow(schema, rule["then"]["properties"][key])
+
+
+def test_json_schema_types_probe_params_and_inputs() -> None:
+    """Checked on the schema's structure (the jsonschema package is not a dependency; see the next test)."""
+    from hypocheck.registry import registered_probes
+
+    schema = json_schema()
+    single = schema["anyOf"][0]
+    probes = registered_probes()
+    assert single["properties"]["probe"]["enum"] == sorted(probes)
+    assert len(single["allOf"]) == len(probes)
+    params = _probe_rule(schema, "pert_embedding_clustering", "params")
+    assert params["additionalProperties"] is False
+    assert "null_sets" in params["properties"] and "nul_sets" not in params["properties"]
+    assert params["properties"]["null_sets"]["minimum"] == 100
+    inputs = _probe_rule(schema, "pert_embedding_clustering", "inputs")
+    assert inputs["additionalProperties"] is False and not inputs.get("properties")
+    routing = _probe_rule(schema, "routing_coherence", "inputs")
+    assert routing["properties"]["sampling"]["enum"] == ["random", "stratified", "top_magnitude"]
+    many = schema["anyOf"][1]["properties"]["hypotheses"]["items"]
+    assert _follow(schema, many) is single  # the `hypotheses: [...]` form gets the same rules
+    assert "SPEC" not in json.dumps(schema)
+
+
+def test_json_schema_validates_params_per_probe(tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    good = yaml.safe_load(GOOD)
+    assert not list(validator.iter_errors(good))
+    assert not list(validator.iter_errors({"hypotheses": [good, {**good, "id": "claim_two"}]}))
+    for bad in ({**good, "params": {"nul_sets": 500}}, {**good, "params": {"null_sets": 5}},
+                {**good, "inputs": {"layer": 2}}, {**good, "probe": "embedding_clustering"}):
+        assert list(validator.iter_errors(bad)), bad
+        assert list(validator.iter_errors({"hypotheses": [good, bad]})), bad
+    routing = {**good, "probe": "routing_coherence", "params": {"n_clusters": 10}, "inputs": {"sampling": "random"}}
+    assert not list(validator.iter_errors(routing))
+    assert list(validator.iter_errors({**routing, "inputs": {"sampling": "sometimes"}}))

@@ -1,0 +1,210 @@
+"""The `hypocheck` command line, run in a subprocess: `init` on copies of the demo world and on tiny .h5ad files,
+`probes` in every format, help and usage errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hypocheck.cases import expand
+from hypocheck.fixtures.config import SuiteConfig
+from hypocheck.registry import registered_probes
+from hypocheck.schema import hypotheses_from_doc
+from hypocheck.yamlsource import load_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "fixtures" / "demo"
+
+
+def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m hypocheck.cli ARGS`` in ``cwd``."""
+    return subprocess.run([sys.executable, "-m", "hypocheck.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Path:
+    """A copy of the demo world's run dirs and data: runs/{fewshot,zeroshot}, world/demo.h5ad."""
+    for name in ("fewshot", "zeroshot"):
+        shutil.copytree(DEMO / "runs" / name, tmp_path / "runs" / name)
+    (tmp_path / "world").mkdir()
+    shutil.copy(DEMO / "world" / "demo.h5ad", tmp_path / "world" / "demo.h5ad")
+    return tmp_path
+
+
+def tiny_h5ad(path: Path, controls: Sequence[str], obs_extra: dict[str, list[int]], obsm: dict[str, int]) -> Path:
+    """An .h5ad of 40 cells: obs gene (``controls`` then knockdowns), cell_line (hepg2 has the controls, k562
+    none), ``obs_extra`` columns and zero obsm matrices of the given widths."""
+    import anndata
+    import pandas as pd
+
+    genes = [controls[i % len(controls)] for i in range(10)] + [f"RPL{i % 6}" for i in range(30)]
+    obs = pd.DataFrame({"gene": genes, "cell_line": ["hepg2"] * 20 + ["k562"] * 20, **obs_extra},
+                       index=[f"c{i}" for i in range(40)])
+    adata = anndata.AnnData(obs=obs, obsm={k: np.zeros((40, w), np.float32) for k, w in obsm.items()})
+    adata.write_h5ad(path)
+    return path
+
+
+RUN_DIRS = ("--run-dir", "fewshot=runs/fewshot", "--run-dir", "zeroshot=runs/zeroshot")
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_init_discovers_the_demo_keys_and_writes_a_valid_config(world: Path) -> None:
+    result = cli("init", *RUN_DIRS, "--data", "world/demo.h5ad", cwd=world)
+    assert result.returncode == 0, result.stderr
+    for line in ("gene_key = gene", "cell_line_key = cell_line", "batch_key = batch", "expr_key = X_hvg",
+                 "control_label = non-targeting", "cell_lines = hepg2, jurkat", "wrote suite.yaml"):
+        assert line in result.stdout, result.stdout
+    config = SuiteConfig.load(world / "suite.yaml")
+    data = config.data
+    assert (data.gene_key, data.cell_line_key, data.batch_key, data.expr_key, data.control_label) == (
+        "gene", "cell_line", "batch", "X_hvg", "non-targeting")
+    assert config.cell_lines == ["hepg2", "jurkat"] and config.control_sentence.cell_set_len == "checkpoint"
+    assert config.models["zeroshot"].run_dir == (world / "runs" / "zeroshot").resolve()
+    assert config.models["fewshot"].checkpoint == "final"
+    text = (world / "suite.yaml").read_text()
+    assert "run_dir: runs/fewshot" in text and "path: world/demo.h5ad" in text  # relative: under the config
+
+    example = world / "hypotheses" / "example.yaml"
+    doc = load_yaml(example)
+    vocabulary = {"model": list(config.models), "gene_set": list(config.gene_set_definitions())}
+    [(hypothesis, base)] = hypotheses_from_doc(doc)
+    assert hypothesis.probe == "pert_embedding_clustering" and hypothesis.cases["model"] == ["fewshot", "zeroshot"]
+    assert len(expand(hypothesis, doc, base, vocabulary)) == 2 * len(hypothesis.cases["gene_set"])
+
+
+def test_init_reads_without_torch(world: Path) -> None:
+    code = ("import sys; from hypocheck.cli import main; "
+            "rc = main(['init', '--run-dir', 'fewshot=runs/fewshot', '--data', 'world/demo.h5ad']); "
+            "print('torch' in sys.modules, rc)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=world, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "False 0", result.stdout + result.stderr
+
+
+def test_init_picks_gem_group_when_there_is_no_batch_column(world: Path) -> None:
+    tiny_h5ad(world / "heldout.h5ad", ["non-targeting"], {"gem_group": [1, 2] * 20}, {"X_hvg": 256})
+    result = cli("init", *RUN_DIRS, "--data", "heldout.h5ad", cwd=world)
+    assert result.returncode == 0, result.stderr
+    assert "batch_col 'batch', which this file lacks" in result.stdout  # the run dirs' config named another
+    assert "k562 (no control cells)" in result.stdout
+    config = SuiteConfig.load(world / "suite.yaml")
+    assert config.data.batch_key == "gem_group" and config.cell_lines == ["hepg2"]
+
+
+def test_init_without_batch_column_or_X_hvg_matches_the_models_width(world: Path) -> None:
+    tiny_h5ad(world / "plain.h5ad", ["non-targeting"], {}, {"X_pca": 50, "X_expr": 256})
+    result = cli("init", "--run-dir", "runs/fewshot", "--data", "plain.h5ad", "--out", "cfg/suite.yaml", cwd=world)
+    assert result.returncode == 0, result.stderr
+    config = SuiteConfig.load(world / "cfg" / "suite.yaml")
+    assert config.data.batch_key is None and config.data.expr_key == "X_expr"
+    assert list(config.models) == ["fewshot"]  # named after the folder
+    assert str((world / "runs").resolve()) in (world / "cfg" / "suite.yaml").read_text()  # not under cfg/: absolute
+    assert (world / "cfg" / "hypotheses" / "example.yaml").is_file()
+
+
+def test_init_refuses_to_overwrite(world: Path) -> None:
+    (world / "suite.yaml").write_text("# mine\n")
+    result = cli("init", *RUN_DIRS, "--data", "world/demo.h5ad", cwd=world)
+    one_line_error(result, "suite.yaml: the suite config exists", "--force")
+    assert (world / "suite.yaml").read_text() == "# mine\n"
+    (world / "hypotheses").mkdir()
+    (world / "hypotheses" / "example.yaml").write_text("# my example\n")
+    result = cli("init", *RUN_DIRS, "--data", "world/demo.h5ad", "--force", cwd=world)
+    assert result.returncode == 0, result.stderr
+    assert "kept hypotheses/example.yaml" in result.stdout
+    assert (world / "hypotheses" / "example.yaml").read_text() == "# my example\n"
+    SuiteConfig.load(world / "suite.yaml")
+
+
+def test_init_stops_on_an_ambiguous_control_label(world: Path) -> None:
+    tiny_h5ad(world / "two.h5ad", ["control", "ctrl"], {"batch": [1, 2] * 20}, {"X_hvg": 256})
+    result = cli("init", *RUN_DIRS, "--data", "two.h5ad", cwd=world)
+    one_line_error(result, "control", "ctrl", "--control-label")
+    assert not (world / "suite.yaml").exists()
+    result = cli("init", *RUN_DIRS, "--data", "two.h5ad", "--control-label", "ctrl", cwd=world)
+    assert result.returncode == 0, result.stderr
+    assert SuiteConfig.load(world / "suite.yaml").data.control_label == "ctrl"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--run-dir", "m=nowhere", "--data", "world/demo.h5ad"], ["run directory not found"]),
+        (["--run-dir", "m=world", "--data", "world/demo.h5ad"], ["not an arc-state run dir", "config.yaml"]),
+        (["--run-dir", "m=runs/fewshot", "--data", "missing.h5ad"], ["data file not found", "--data"]),
+        (["--run-dir", "m=runs/fewshot", "--data", "world/demo.h5ad", "--gene-key", "genes"],
+         ["--gene-key 'genes'", "did you mean 'gene'"]),
+        (["--run-dir", "m=runs/fewshot", "--data", "world/demo.h5ad", "--cell-lines", "hepg2,k562"],
+         ["--cell-lines 'k562'"]),
+        (["--run-dir", "m=runs/fewshot", "--run-dir", "m=runs/zeroshot", "--data", "world/demo.h5ad"],
+         ["given twice"]),
+        (["--data", "world/demo.h5ad"], ["--run-dir", "--help"]),
+    ],
+)
+def test_init_errors_are_one_line_with_status_2(world: Path, args: list[str], fragments: list[str]) -> None:
+    one_line_error(cli("init", *args, cwd=world), *fragments)
+    assert not (world / "suite.yaml").exists()
+
+
+def test_probes_lists_every_probe(tmp_path: Path) -> None:
+    result = cli("probes", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    listed = {line for line in result.stdout.splitlines() if line and not line.startswith(" ")}
+    assert set(registered_probes()) <= listed
+    assert "null_sets" in result.stdout and "p_matched" in result.stdout
+
+
+def test_probes_json_is_complete(tmp_path: Path) -> None:
+    result = cli("probes", "--json", cwd=tmp_path)
+    probes = {p["name"]: p for p in json.loads(result.stdout)["probes"]}
+    assert set(probes) == set(registered_probes())
+    embedding = probes["pert_embedding_clustering"]
+    assert embedding["axes"] == ["model", "gene_set"] and embedding["effect"] == "delta_cosine"
+    assert {"name": "null_sets", "type": "int (≥ 100)", "required": False, "default": 1000}.items() <= next(
+        f for f in embedding["params"] if f["name"] == "null_sets").items()
+    assert "embeddings" in embedding["input_arrays"] and embedding["inputs"] == []
+
+
+def test_probes_markdown_is_docs_probes_md(tmp_path: Path) -> None:
+    result = cli("probes", "--markdown", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "docs" / "probes.md").read_text(encoding="utf-8"), (
+        "docs/probes.md is stale: run `make schema`")
+    assert "SPEC" not in result.stdout
+
+
+def test_probes_does_not_import_torch(tmp_path: Path) -> None:
+    code = "import sys; from hypocheck.cli import main; main(['probes', '--markdown']); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    ([], "hypocheck init --run-dir"), (["init"], "--control-label"), (["probes"], "--markdown"),
+])
+def test_help_of_each_command(tmp_path: Path, args: list[str], fragment: str) -> None:
+    script = Path(sys.executable).parent / "hypocheck"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "hypocheck.cli"]
+    result = subprocess.run([*command, *args, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and fragment in result.stdout, result.stdout + result.stderr
+    assert "SPEC" not in result.stdout
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    one_line_error(cli(cwd=tmp_path), "COMMAND", "--help")
+    one_line_error(cli("probes", "--json", "--markdown", cwd=tmp_path), "not allowed with")
