@@ -33,7 +33,7 @@ from filelock import FileLock
 from .atomic import atomic_write_bytes
 
 T = TypeVar("T")
-CODE_VERSION = "1"  # bump when an artifact's definition changes: every key includes it
+CODE_VERSION = "2"  # bump when an artifact's definition changes: every key includes it
 _MAGIC = b"HCK1"
 
 

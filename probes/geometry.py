@@ -6,7 +6,7 @@ pair each knockdown with a random *other* knockdown of the second model, and
 turn the second model's space by a random rotation (a set that clusters in
 both models moves as one unit: see ``cross_model_cosine``).
 
-Purity has the magnitude confound of cosine clustering (SPEC §6): knockdowns
+Purity has the magnitude confound of cosine clustering: knockdowns
 with little effect all share the default direction, so they are each other's
 nearest neighbours and a set of weak knockdowns looks "pure" against uniformly
 permuted labels. The test of record therefore permutes labels only within

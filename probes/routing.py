@@ -112,7 +112,8 @@ class DifferenceParams(RoutingParams):
 
     equivalence_margin: float | None = Field(
         None, gt=0, description="With a margin: a difference CI that covers 0 but reaches past ± margin cannot tell "
-                                "'alike' from 'different' → inconclusive (SPEC §6, claims of absence).")
+                                "'alike' from 'different' → inconclusive (a claim of absence needs a CI inside "
+                                "the margin).")
 
 
 class StabilityParams(BaseModel):
