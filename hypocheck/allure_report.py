@@ -53,14 +53,11 @@ CATEGORIES: list[dict[str, Any]] = [
     {"name": "Drift from baseline", "matchedStatuses": ["failed"],
      "messageRegex": r"[\s\S]*drift from baseline[\s\S]*",
      "description": "Metrics or verdicts moved beyond the hypothesis's tolerance since the baseline"},
-    {"name": "Verdict differs from expected", "matchedStatuses": ["failed"],
-     "messageRegex": r"[\s\S]*expected verdict '[\s\S]*",
+    {"name": "Verdict differs from the planted truth", "matchedStatuses": ["failed"],
+     "messageRegex": r"[\s\S]*planted truth: differs[\s\S]*",
      "description": "The demo world's planted truth implies another verdict: a defect, not a finding"},
     {"name": "Claim failed", "matchedStatuses": ["failed"], "messageRegex": r"[\s\S]*verdict: fail[\s\S]*",
      "description": "The claim does not hold on these models: a finding"},
-    {"name": "Inconclusive (counted as failure)", "matchedStatuses": ["failed"],
-     "messageRegex": r"[\s\S]*verdict: inconclusive[\s\S]*",
-     "description": "The data cannot decide (--inconclusive-fails)"},
     {"name": "Inconclusive", "matchedStatuses": ["skipped"], "messageRegex": r"[\s\S]*inconclusive:[\s\S]*",
      "description": "The data cannot decide: too few set members, an undefined metric, no power"},
     {"name": "Error", "matchedStatuses": ["broken"],
@@ -168,12 +165,25 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
     ci = f"[{_fmt(verdict.ci[0])}, {_fmt(verdict.ci[1])}]"
     rows = [
         ("verdict", f"<b>{html.escape(verdict.verdict.upper())}</b>"),
-        ("effect", f"{html.escape(verdict.effect_metric)} = {_fmt(verdict.effect)} (95% CI {ci})"),
-        ("p", _fmt(verdict.p)),
+        ("effect", f"{html.escape(str(verdict.effect_metric))} = {_fmt(verdict.effect)} (95% CI {ci})"
+                   + (f"; minimum effect of interest {verdict.min_effect:g}" if verdict.min_effect is not None
+                      else "")),
+        ("p (raw)", _fmt(verdict.p)),
+        ("p (corrected within the claim)",
+         f"{_fmt(verdict.p_adj)} (Bonferroni over the claim's {verdict.family_size} cases)"
+         if verdict.family_size > 1 else _fmt(verdict.p_adj)),
+        ("p (BH across the run)", "in summary.md / summary.json (known when the run ends)"),
         ("seed", str(verdict.seed)),
     ]
-    if verdict.expected is not None:
-        rows.append(("expected verdict", html.escape(verdict.expected)))
+    for metric, values in verdict.p_values.items():
+        if metric != case.probe.p:
+            rows.append((f"{metric} (raw → corrected)", f"{_fmt(values['raw'])} → {_fmt(values['adjusted'])}"))
+    if verdict.null is not None:
+        rows.append(("null distribution", f"mean {_fmt(verdict.null['mean'])}, SD {_fmt(verdict.null['sd'])}, "
+                                          f"{int(verdict.null['draws'])} draws"))
+    if verdict.truth is not None:
+        rows.append(("planted truth", f"expects {html.escape(str(verdict.expected))}: the verdict "
+                                      f"<b>{'matches' if verdict.truth == 'matches' else 'DIFFERS'}</b>"))
     out = _claim_html(case) + "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     out += f"<p><b>Why.</b> {html.escape(verdict.reason)}</p>"
     if verdict.reported:
@@ -186,6 +196,8 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
     marks = {True: "✓", False: "✗", None: "?"}
     out += "<p><b>Expectations</b></p><ul>" + "".join(
         f"<li>{marks[c['holds']]} {html.escape(c['detail'])}</li>" for c in verdict.checks) + "</ul>"
+    if verdict.notes:
+        out += "<p><b>Notes</b></p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in verdict.notes) + "</ul>"
     return out
 
 
@@ -199,6 +211,9 @@ def _csv(table: Any) -> str:
 def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult, inputs: Mapping[str, Any]) -> None:
     """Description with the figures; attachments: metrics JSON, tables CSV, plots PNG."""
     allure.dynamic.description_html(description_html(case, verdict))
+    if verdict.truth is not None:
+        allure.dynamic.tag(f"planted truth {verdict.truth}")
+        allure.dynamic.label("planted_truth", verdict.truth)
     payload = {k: v for k, v in verdict.to_json().items() if k not in {"claim", "location", "source"}}
     payload["cis"] = {k: list(v) for k, v in result.cis.items()}
     allure.attach(json.dumps(payload, indent=2, sort_keys=True), name="metrics",
@@ -220,9 +235,21 @@ def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult, inputs: M
             allure.attach(png, name=title, attachment_type=allure.attachment_type.TEXT)
 
 
-def attach_drift(diff: str) -> None:
-    """The drift of a case from its baseline, as a text attachment."""
-    allure.attach(diff, name="drift from baseline", attachment_type=allure.attachment_type.TEXT)
+def label_claims(directory: Path, claims: Sequence[Mapping[str, Any]]) -> None:
+    """Show each claim's result as the parent of its cases: the suite (group) of every case result of a
+    hypothesis is renamed to the hypothesis with its claim-level verdict (rewritten atomically at the end)."""
+    by_id = {c["hypothesis"]: c for c in claims}
+    for path in sorted(directory.glob("*-result.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        labels = result.get("labels", [])
+        hyp = next((lab["value"] for lab in labels if lab.get("name") == "hypothesis"), None)
+        if hyp not in by_id:
+            continue
+        claim = by_id[hyp]
+        title = f"{hyp} — claim {claim['verdict'].upper()} ({claim['reason']})"
+        result["labels"] = [lab for lab in labels if lab.get("name") not in {"suite", "claim_verdict"}]
+        result["labels"] += [{"name": "suite", "value": title}, {"name": "claim_verdict", "value": claim["verdict"]}]
+        atomic_write_text(path, json.dumps(result) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- run metadata
@@ -265,13 +292,14 @@ def write_run_metadata(directory: Path, environment: Mapping[str, Any]) -> None:
     atomic_write_text(directory / "environment.properties", environment_properties(environment))
 
 
-def write_gone_result(directory: Path, case_id: str, diff: str, family: str) -> None:
+def write_gone_result(directory: Path, case_id: str, message: str, family: str) -> None:
     """A failed Allure result for a baseline case this run no longer produces (so the report shows it)."""
     now = int(time.time() * 1000)
     result = {
         "uuid": str(uuid.uuid4()), "historyId": f"gone::{case_id}", "testCaseId": f"gone::{case_id}",
         "name": f"case gone since baseline: {case_id}", "fullName": case_id, "status": "failed",
-        "statusDetails": {"message": diff}, "stage": "finished", "start": now, "stop": now,
+        "statusDetails": {"message": f"drift from baseline: {message}"}, "stage": "finished", "start": now,
+        "stop": now,
         "labels": [{"name": "parentSuite", "value": family}, {"name": "suite", "value": "gone since baseline"},
                    {"name": "family", "value": family}, {"name": "severity", "value": "critical"}],
         "parameters": [], "attachments": [], "steps": [],
@@ -280,20 +308,27 @@ def write_gone_result(directory: Path, case_id: str, diff: str, family: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------- HTML report
+class AllureNotFoundError(FileNotFoundError):
+    """The Allure command-line tool is not installed where we look."""
+
+
 def find_allure(root: Path | None = None) -> str:
-    """The Allure 3 command-line tool: ``$HYPOCHECK_ALLURE``, the repository's ``node_modules``, or PATH."""
+    """The Allure 3 command-line tool: ``$HYPOCHECK_ALLURE``, ``node_modules`` of the current folder (or
+    ``root``), of this source checkout, or PATH."""
     chosen = os.environ.get("HYPOCHECK_ALLURE")
     if chosen:
         return chosen
-    base = root or Path(__file__).resolve().parents[1]
-    local = base / "node_modules" / ".bin" / "allure"
-    if local.exists():
-        return str(local)
+    bases = [root] if root else [Path.cwd(), Path(__file__).resolve().parents[1]]
+    for base in bases:
+        local = base / "node_modules" / ".bin" / "allure"
+        if local.exists():
+            return str(local)
     found = shutil.which("allure")
     if found:
         return found
-    raise FileNotFoundError(
-        f"the Allure command-line tool is not installed: run 'npm ci' in {base} (make demo and make test do)"
+    raise AllureNotFoundError(
+        "the Allure command-line tool (Node.js >= 20) is not installed: run `npm install --save-dev allure@3` in "
+        f"{bases[0]}, or put `allure` on PATH, or set HYPOCHECK_ALLURE to its path"
     )
 
 
@@ -363,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"no Allure results at {', '.join(missing)}: run pytest with --alluredir first", file=sys.stderr)
         return 2
-    index = generate_html(args.results, args.output, None if args.no_history else args.history, args.name)
+    try:
+        index = generate_html(args.results, args.output, None if args.no_history else args.history, args.name)
+    except AllureNotFoundError as exc:
+        print(f"cannot render the HTML report: {exc}", file=sys.stderr)
+        return 2
     print(f"report: {index} (opens from disk; or serve it: python -m http.server -d {index.parent})")
     return 0
 

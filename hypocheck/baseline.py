@@ -4,16 +4,19 @@ Usage::
 
     pytest hypotheses --save-baseline v1              # writes baselines/v1.json
     # … a checkpoint changes …
-    pytest hypotheses --baseline v1                   # drift → failing cases with a diff
+    pytest hypotheses --baseline v1                   # drift → a diff per case, a failing exit status
 
-A baseline is one pretty, key-sorted JSON file per name (reviewable in a pull
-request): every case's verdict, metrics and the fingerprints of the
-checkpoints and data it ran on. A metric *drifts* when
-``|current − baseline| > abs + rel·|baseline|`` with the hypothesis's
-``tolerance: {abs, rel}``; a verdict that flips, a case that is new or gone,
-or a metric that appears or disappears is drift too. Changed checkpoint
-fingerprints are reported beside the drift (they explain it; on their own they
-are not drift).
+A baseline is one pretty, key-sorted JSON file per name (reviewable in a pull request): every case's verdict,
+metrics and the fingerprints of the checkpoints and data it ran on, and every claim's verdict.
+
+What drifts: a verdict (case or claim) that flips always does, and so does a case that is new or gone. A
+metric drifts only beyond its own uncertainty: by default when it moves by more than ``--drift-tolerance``
+(0.5) times the width of its 95% CI in the baseline — a metric without a CI of its own is measured against
+its case's effect CI, and a p-value from a null distribution against three Monte-Carlo standard errors
+(``√(p(1−p)/n)``, ``n`` draws). A hypothesis's ``tolerance: {abs, rel}`` replaces that rule with
+``|current − baseline| ≤ abs + rel·|baseline|``; ``--drift-verdicts-only`` compares verdicts alone.
+Changed checkpoint fingerprints are reported beside the drift (they explain it; on their own they are not
+drift).
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .summary import atomic_write_text
+from .atomic import atomic_write_text
 
-FORMAT = 1
+FORMAT = 2
+DEFAULT_FRACTION = 0.5
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 Entry = dict[str, Any]
 
@@ -70,21 +74,45 @@ def within_tolerance(current: float | None, base: float | None, abs_tol: float, 
     return abs(current - base) <= abs_tol + rel_tol * abs(base)
 
 
-def document(name: str, cases: list[dict[str, Any]], environment: Mapping[str, Any],
-             judged: Mapping[str, str]) -> dict[str, Any]:
-    """The baseline file's content for a finished run (``judged``: each case's verdict before run-level BH)."""
+def _is_p(name: str) -> bool:
+    return name == "p" or name.startswith("p_")
+
+
+def uncertainty(name: str, case: Mapping[str, Any]) -> tuple[float, str] | None:
+    """The scale a metric of a baseline case is allowed to move on, and what it is; ``None`` when unknown."""
+    metrics = case.get("metrics") or {}
+    stem = name.removesuffix("_ci_low").removesuffix("_ci_high")
+    low, high = metrics.get(f"{stem}_ci_low"), metrics.get(f"{stem}_ci_high")
+    if low is not None and high is not None and high > low:
+        return high - low, "its CI width"
+    draws = (case.get("null") or {}).get("draws")
+    value = metrics.get(name)
+    if _is_p(name) and draws and value is not None:
+        return 3 * math.sqrt(max(value * (1 - value), 1 / draws) / draws) / DEFAULT_FRACTION, "3 Monte-Carlo SEs"
+    effect_ci = case.get("ci") or [None, None]
+    if effect_ci[0] is not None and effect_ci[1] is not None and effect_ci[1] > effect_ci[0]:
+        return effect_ci[1] - effect_ci[0], "the effect's CI width"
+    return None
+
+
+def document(name: str, summary: Mapping[str, Any], environment: Mapping[str, Any],
+             partial: str | None = None) -> dict[str, Any]:
+    """The baseline file's content for a finished run's summary."""
     entries = {}
-    for case in cases:
+    for case in summary["cases"]:
         entries[case["id"]] = {
-            "nodeid": case.get("nodeid", case["id"]),
+            "nodeid": case.get("nodeid") or case["id"],
             "hypothesis": case.get("hypothesis"),
             "verdict": case["verdict"],
-            "judged": judged.get(case["id"], case["verdict"]),
             "effect_metric": case.get("effect_metric"),
+            "ci": case.get("ci"),
+            "null": case.get("null"),
             "metrics": case.get("metrics") or {},
             "fingerprints": case.get("fingerprints") or {},
         }
-    return {"format": FORMAT, "baseline": name, "fingerprints": fingerprints(environment), "cases": entries}
+    claims = {c["hypothesis"]: c["verdict"] for c in summary.get("claims", [])}
+    return {"format": FORMAT, "baseline": name, "fingerprints": fingerprints(environment), "cases": entries,
+            "claims": claims, "partial": partial}
 
 
 def save(path: Path, doc: Mapping[str, Any]) -> None:
@@ -93,38 +121,64 @@ def save(path: Path, doc: Mapping[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
+class DriftRule:
+    """How a run is compared: the CI fraction, an optional fixed tolerance, or verdicts only."""
+
+    fraction: float = DEFAULT_FRACTION
+    abs_tol: float | None = None
+    rel_tol: float | None = None
+    verdicts_only: bool = False
+
+    def allowed(self, name: str, base_case: Mapping[str, Any]) -> tuple[float, str]:
+        base = (base_case.get("metrics") or {}).get(name)
+        if self.abs_tol is not None or self.rel_tol is not None:
+            abs_tol, rel_tol = self.abs_tol or 0.0, self.rel_tol or 0.0
+            return abs_tol + rel_tol * abs(base or 0.0), "the hypothesis's tolerance"
+        scale = uncertainty(name, base_case)
+        if scale is None:
+            return 1e-6 + 1e-4 * abs(base or 0.0), "no uncertainty known: 1e-6 + 1e-4·|baseline|"
+        return self.fraction * scale[0], f"{self.fraction:g} × {scale[1]}"
+
+
+@dataclass(frozen=True)
 class Baseline:
-    """A saved baseline: its cases by id and the run's fingerprints."""
+    """A saved baseline: its cases and claims by id and the run's fingerprints."""
 
     name: str
     path: Path
     cases: dict[str, dict[str, Any]]
     fingerprints: dict[str, str]
+    claims: dict[str, str]
 
     @classmethod
     def load(cls, path: Path) -> Baseline:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if doc.get("format") != FORMAT:
-            raise ValueError(f"{path}: baseline format {doc.get('format')!r}, expected {FORMAT}")
-        return cls(str(doc["baseline"]), path, dict(doc["cases"]), dict(doc.get("fingerprints") or {}))
+            raise ValueError(f"{path}: baseline format {doc.get('format')!r}, expected {FORMAT}: save it again with "
+                             "--save-baseline")
+        return cls(str(doc["baseline"]), path, dict(doc["cases"]), dict(doc.get("fingerprints") or {}),
+                   dict(doc.get("claims") or {}))
 
-    def compare(self, record: Mapping[str, Any], abs_tol: float, rel_tol: float) -> list[Entry]:
-        """Drift of one case's record (as judged, before BH) against its baseline entry."""
+    def compare(self, record: Mapping[str, Any], rule: DriftRule) -> list[Entry]:
+        """Drift of one case's record against its baseline entry."""
         base = self.cases.get(record["id"])
         if base is None:
             return [{"kind": "added"}]
         entries: list[Entry] = []
-        before = base.get("judged", base["verdict"])
-        if before != record["verdict"]:
-            entries.append({"kind": "verdict", "baseline": before, "current": record["verdict"]})
+        if base["verdict"] != record["verdict"]:
+            entries.append({"kind": "verdict", "baseline": base["verdict"], "current": record["verdict"]})
+        if rule.verdicts_only:
+            return entries
         old, new = base.get("metrics") or {}, record.get("metrics") or {}
         for name in sorted(set(old) | set(new)):
             if name not in new or name not in old:
                 entries.append({"kind": "metric_gone" if name not in new else "metric_added", "name": name,
                                 "baseline": old.get(name), "current": new.get(name)})
-            elif not within_tolerance(new[name], old[name], abs_tol, rel_tol):
+                continue
+            allowed, why = rule.allowed(name, base)
+            if not within_tolerance(new[name], old[name], allowed, 0.0):
                 entry: Entry = {"kind": "metric", "name": name, "baseline": old[name], "current": new[name],
-                                "allowed": abs_tol + rel_tol * abs(old[name]) if old[name] is not None else None}
+                                "allowed": allowed, "rule": why}
                 if old[name] is not None and new[name] is not None:
                     entry["delta"] = new[name] - old[name]
                 entries.append(entry)
@@ -135,6 +189,43 @@ class Baseline:
         keys = sorted(set(self.fingerprints) | set(current))
         return {k: {"baseline": self.fingerprints.get(k), "current": current.get(k)}
                 for k in keys if self.fingerprints.get(k) != current.get(k)}
+
+
+def rule_for(tolerance: Mapping[str, float] | None, config: Any) -> DriftRule:
+    """The drift rule of a case: the hypothesis's ``tolerance`` if it sets one, else the command line's."""
+    fraction = config.getoption("--drift-tolerance")
+    verdicts_only = bool(config.getoption("--drift-verdicts-only"))
+    if tolerance:
+        return DriftRule(fraction, tolerance.get("abs"), tolerance.get("rel"), verdicts_only)
+    return DriftRule(fraction, verdicts_only=verdicts_only)
+
+
+def compare_run(baseline: Baseline, summary: Mapping[str, Any], selected: Callable[[str], bool],
+                config: Any) -> dict[str, Any]:
+    """The run's drift: per case, claims whose verdict flipped, cases gone, changed fingerprints."""
+    seen = {c["id"] for c in summary["cases"]}
+    per_case: dict[str, list[Entry]] = {}
+    for case in summary["cases"]:
+        entries = baseline.compare(case, rule_for(case.get("tolerance"), config))
+        if entries:
+            per_case[case["id"]] = entries
+    gone: list[str] = []
+    unchecked: list[str] = []
+    for case_id, base in sorted(baseline.cases.items()):
+        if case_id not in seen:
+            (gone if selected(base.get("nodeid", case_id)) else unchecked).append(case_id)
+    claims = {c["hypothesis"]: {"baseline": baseline.claims[c["hypothesis"]], "current": c["verdict"]}
+              for c in summary.get("claims", [])
+              if c["hypothesis"] in baseline.claims and baseline.claims[c["hypothesis"]] != c["verdict"]}
+    return {
+        "baseline": baseline.name,
+        "path": str(baseline.path),
+        "checkpoints": baseline.changed_fingerprints(fingerprints(summary.get("environment") or {})),
+        "cases": per_case,
+        "claims": claims,
+        "gone": gone,
+        "unchecked": unchecked,
+    }
 
 
 def _num(value: Any) -> str:
@@ -154,29 +245,13 @@ def entry_text(entry: Entry) -> str:
         return "case gone: in the baseline, not produced by this run"
     if kind == "verdict":
         return f"verdict {entry['baseline']} → {entry['current']}"
-    if kind == "verdict_after_bh":
-        return f"verdict after BH across the run {entry['baseline']} → {entry['current']}"
     if kind in {"metric_added", "metric_gone"}:
         what = "new metric" if kind == "metric_added" else "metric no longer reported"
         return f"{what} {entry['name']}: {_num(entry['baseline'])} → {_num(entry['current'])}"
     text = f"{entry['name']}: {_num(entry['baseline'])} → {_num(entry['current'])}"
     if "delta" in entry:
-        text += f" (Δ {entry['delta']:+.3g}; allowed ±{entry['allowed']:.3g})"
+        text += f" (Δ {entry['delta']:+.3g}; allowed ±{entry['allowed']:.3g}, {entry.get('rule', '')})"
     return text
-
-
-def case_diff(name: str, path: Path, entries: list[Entry], case_fps: Mapping[str, str],
-              base_fps: Mapping[str, str]) -> str:
-    """The diff shown when a case drifts: each entry, then the case's checkpoints that changed."""
-    lines = [f"drift from baseline {name!r} ({path}):"]
-    lines += [f"  {entry_text(e)}" for e in entries]
-    changed = [k for k in sorted(set(case_fps) | set(base_fps)) if case_fps.get(k) != base_fps.get(k)]
-    if changed:
-        lines.append("  changed inputs of this case: " + ", ".join(
-            f"{k} {_short(base_fps.get(k))} → {_short(case_fps.get(k))}" for k in changed))
-    elif case_fps or base_fps:
-        lines.append("  this case's checkpoints and data are unchanged")
-    return "\n".join(lines)
 
 
 def drift_count(drift: Mapping[str, Any]) -> int:
@@ -185,15 +260,17 @@ def drift_count(drift: Mapping[str, Any]) -> int:
 
 
 def markdown(drift: Mapping[str, Any]) -> str:
-    """The ``## Drift`` section appended to summary.md."""
+    """The ``## Drift`` section appended to summary.md: one line per drifting case."""
     lines = ["", f"## Drift from baseline `{drift['baseline']}`", ""]
     if drift.get("checkpoints"):
         lines += ["Changed fingerprints:", ""]
         lines += [f"- `{k}`: `{_short(v['baseline'])}` → `{_short(v['current'])}`"
                   for k, v in drift["checkpoints"].items()]
         lines.append("")
-    if not drift_count(drift):
-        lines.append("No drift: every case matches the baseline within its tolerance.")
+    if not drift_count(drift) and not drift.get("claims"):
+        lines.append("No drift: every case matches the baseline within its uncertainty.")
+    for hyp, change in drift.get("claims", {}).items():
+        lines.append(f"- claim `{hyp}`: verdict {change['baseline']} → {change['current']}")
     for case_id, entries in drift.get("cases", {}).items():
         lines.append(f"- `{case_id}`: " + "; ".join(entry_text(e) for e in entries))
     lines += [f"- `{case_id}`: {entry_text({'kind': 'gone'})}" for case_id in drift.get("gone", [])]
@@ -202,16 +279,20 @@ def markdown(drift: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def terminal_lines(drift: Mapping[str, Any]) -> list[str]:
-    """Lines for the terminal's drift section."""
+def drift_terminal_lines(drift: Mapping[str, Any], shown: int = 3) -> list[str]:
+    """One screen: the changed fingerprints, one line per drifting case (its first entries), then the count."""
     out = [f"baseline {drift['baseline']!r}: {drift['path']}"]
     for key, change in drift.get("checkpoints", {}).items():
         out.append(f"fingerprint changed  {key}: {_short(change['baseline'])} → {_short(change['current'])}")
+    for hyp, change in drift.get("claims", {}).items():
+        out.append(f"CLAIM  {hyp}: verdict {change['baseline']} → {change['current']}")
     for case_id, entries in drift.get("cases", {}).items():
-        out.append(f"DRIFT  {case_id}")
-        out += [f"         {entry_text(e)}" for e in entries]
+        more = f"; +{len(entries) - shown} more in summary.md" if len(entries) > shown else ""
+        out.append(f"DRIFT  {case_id}: " + "; ".join(entry_text(e) for e in entries[:shown]) + more)
     out += [f"GONE   {case_id}" for case_id in drift.get("gone", [])]
     if drift.get("unchecked"):
         out.append(f"{len(drift['unchecked'])} baseline cases not selected in this run (not compared)")
-    out.append(f"{drift_count(drift)} drifted" if drift_count(drift) else "no drift")
+    verdicts = sum(any(e["kind"] == "verdict" for e in es) for es in drift.get("cases", {}).values())
+    out.append(f"{drift_count(drift)} cases drifted ({verdicts} with a verdict change)" if drift_count(drift)
+               else "no drift")
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pydantic
 
 from .errors import HypothesisFileError, Location, UnknownNameError
-from .expect import Expectation, literal_bounds
+from .expect import Expectation, literal_bounds, upper_p_bounds
 from .registry import ProbeSpec, get_probe
 from .schema import Hypothesis, Verdict
 from .stats import derive_seed
@@ -32,6 +33,12 @@ class Case:
     location: Location
     reported: Mapping[str, float] = field(default_factory=dict)
     expected: Verdict | None = None
+    p_metrics: tuple[str, ...] = ()
+    """p-value metrics that the expectations require to be small (claims of presence): they are corrected."""
+    family_size: int = 1
+    """How many cases the hypothesis tests: the Bonferroni factor of its p-values."""
+    min_effect: float | None = None
+    """The minimum effect of interest that the effect's CI must clear (presence claims only)."""
 
     @property
     def label(self) -> str:
@@ -181,6 +188,12 @@ def expand(
     _check_keys(hyp, doc, base, vocabulary)
     location = doc.locate((*base, "id"), at_key=True)
     axes_names = list(hyp.cases)
+    p_metrics = sorted({m for exp in expectations for m in upper_p_bounds(exp, spec.p, hyp.alpha)
+                        if _is_p_value(m, spec)})
+    n_cases = math.prod(len(hyp.cases[a]) for a in axes_names)
+    min_effect = hyp.min_effect
+    if min_effect is None and p_metrics and hyp.effect in (None, spec.effect):
+        min_effect = spec.min_effect
     cases = []
     for combo in itertools.product(*(hyp.cases[a] for a in axes_names)):
         axes = dict(zip(axes_names, combo, strict=True))
@@ -196,6 +209,9 @@ def expand(
                 location=location,
                 reported=reported_for(hyp.reported, axes),
                 expected=expected_for(hyp.expected, axes),
+                p_metrics=tuple(p_metrics),
+                family_size=n_cases if p_metrics else 1,
+                min_effect=min_effect if p_metrics else None,
             )
         )
     return cases

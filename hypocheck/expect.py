@@ -220,6 +220,14 @@ def literal_bounds(exp: Expectation) -> dict[str, tuple[float, float]]:
     return bounds
 
 
+def upper_p_bounds(exp: Expectation, p_metric: str | None, alpha: float) -> dict[str, float]:
+    """Metrics that ``exp`` requires to be *below* a literal (``significant`` asks it of the probe's p-value):
+    for p-values, the thresholds a presence claim must reach."""
+    if exp.kind == "significant":
+        return {p_metric: exp.alpha if exp.alpha is not None else alpha} if p_metric else {}
+    return {metric: high for metric, (_, high) in literal_bounds(exp).items() if math.isfinite(high)}
+
+
 def check_satisfiable(expectations: list[Expectation]) -> None:
     """Reject expectations whose literal bounds on one metric can never all hold (``z > 2`` with ``z < 1``)."""
     combined: dict[str, tuple[float, float, list[str]]] = {}

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = json.loads(path.read_text(encoding="utf-8"))
     errors = [c["id"] for c in summary["cases"] if c["verdict"] == "error"]
-    problems = [f"error: {i}" for i in errors] + [f"verdict differs from expected: {i}" for i in summary["mismatches"]]
+    problems = [f"error: {i}" for i in errors]
+    problems += [f"verdict differs from the planted truth: {i}" for i in summary["mismatches"]]
     counts = ", ".join(f"{n} {k}" for k, n in summary["counts"].items())
     print(f"{path}: {counts}")
     for line in problems:

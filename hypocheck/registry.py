@@ -59,6 +59,8 @@ class ProbeResult:
     null: np.ndarray | None = None
     tables: Mapping[str, Any] = field(default_factory=dict)
     inconclusive: str | None = None
+    attainable: Mapping[str, float] = field(default_factory=dict)
+    """Per p-value metric, the smallest value its test can attain (``1/(n+1)`` for ``n`` null draws)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType({k: float(v) for k, v in self.metrics.items()}))
@@ -67,6 +69,7 @@ class ProbeResult:
         )
         object.__setattr__(self, "arrays", MappingProxyType(dict(self.arrays)))
         object.__setattr__(self, "tables", MappingProxyType(dict(self.tables)))
+        object.__setattr__(self, "attainable", MappingProxyType({k: float(v) for k, v in self.attainable.items()}))
 
 
 class NoParams(pydantic.BaseModel):
@@ -91,6 +94,9 @@ class ProbeSpec:
     effect: str
     p: str | None
     description: str
+    min_effect: float | None = None
+    """Minimum effect of interest on ``effect`` for a claim of presence (``None``: the probe has no presence
+    claim, e.g. a test of absence or of equivalence)."""
 
     def metric_names(self) -> set[str]:
         """Metrics an expectation may name: the declared ones and the CI bounds of each."""
@@ -116,6 +122,7 @@ def probe(
     params: type[pydantic.BaseModel] = NoParams,
     inputs: type[pydantic.BaseModel] = NoInputs,
     axes: tuple[str, ...] = (),
+    min_effect: float | None = None,
 ) -> Callable[[ProbeFn], ProbeFn]:
     """Register ``fn`` as the probe ``name``."""
     if effect not in metrics or (p is not None and p not in metrics):
@@ -126,7 +133,8 @@ def probe(
         if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"probe {name!r} is registered twice ({existing.fn.__module__}, {fn.__module__})")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ProbeSpec(name, fn, params, inputs, axes, metrics, effect, p, doc[0] if doc else "")
+        _REGISTRY[name] = ProbeSpec(name, fn, params, inputs, axes, metrics, effect, p, doc[0] if doc else "",
+                                    min_effect)
         return fn
 
     return register

@@ -179,7 +179,7 @@ def test_every_case_reports_to_allure(suite: pytest.Pytester) -> None:
     # description: claim, verdict, effect with CI, reported beside measured
     description = alpha["descriptionHtml"]
     for text in (claim, "PASS", "delta_cosine", "95% CI", "Reported by the paper vs measured", "0.581",
-                 "within_mean_cosine"):
+                 "within_mean_cosine", "p (raw)", "p (corrected within the claim)", "null distribution"):
         assert text in description
 
     # attachments: metrics JSON, plots PNG (null with the observed value, similarity heatmap), tables CSV
@@ -197,9 +197,14 @@ def test_every_case_reports_to_allure(suite: pytest.Pytester) -> None:
 
     # run metadata, written once by the controller
     categories = json.loads((alluredir / "categories.json").read_text())
-    assert [c["name"] for c in categories][:5] == [
-        "Drift from baseline", "Verdict differs from expected", "Claim failed", "Inconclusive (counted as failure)",
-        "Inconclusive"]
+    assert [c["name"] for c in categories][:4] == [
+        "Drift from baseline", "Verdict differs from the planted truth", "Claim failed", "Inconclusive"]
+    # the claim is the parent: every case of a hypothesis is grouped under it, with the claim's verdict
+    summary = json.loads((suite.path / "reports" / "summary.json").read_text())
+    claims = {c["hypothesis"]: c for c in summary["claims"]}
+    assert claims["pathway_clustering"]["verdict"] == "fail"
+    assert _labels(alpha)["suite"] == [f"pathway_clustering — claim FAIL ({claims['pathway_clustering']['reason']})"]
+    assert _labels(alpha)["claim_verdict"] == ["fail"]
     properties = (alluredir / "environment.properties").read_text()
     assert "models.tiny=planted-seed-1" in properties and "device=cpu" in properties
     assert re.search(r"^packages\.torch=\S+", properties, re.M) and "xdist_workers=2" in properties

@@ -1,5 +1,5 @@
 """Every hypothesis file the project ships loads against the demo suite: no `<load>` errors, every claim
-of SPEC §5 present, every demo hypothesis with an expected verdict in the summary's reach."""
+of the original analysis present, every demo hypothesis with an expected verdict in the summary's reach."""
 
 from __future__ import annotations
 
