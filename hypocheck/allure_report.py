@@ -181,6 +181,12 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
     if verdict.null is not None:
         rows.append(("null distribution", f"mean {_fmt(verdict.null['mean'])}, SD {_fmt(verdict.null['sd'])}, "
                                           f"{int(verdict.null['draws'])} draws"))
+    for kind, control in verdict.controls.items():
+        rows.append((f"on the {html.escape(kind)} control",
+                     f"{html.escape(control['verdict'].upper())}, {html.escape(str(verdict.effect_metric))} = "
+                     f"{_fmt(control['effect'])} (95% CI [{_fmt(control['ci'][0])}, {_fmt(control['ci'][1])}])"))
+    if verdict.specific_to_training is False:
+        rows.append(("specific to training", "<b>NO</b>: the claim holds as strongly on a control model"))
     if verdict.truth is not None:
         rows.append(("planted truth", f"expects {html.escape(str(verdict.expected))}: the verdict "
                                       f"<b>{'matches' if verdict.truth == 'matches' else 'DIFFERS'}</b>"))

@@ -146,6 +146,13 @@ def expand(
         raise UnknownNameError("probe", hyp.probe, exc.valid, doc.locate((*base, "probe"))) from None
     params = _validated(spec.params, hyp.params, "params", f"parameter of probe {spec.name!r}", doc, base)
     inputs = _validated(spec.inputs, hyp.inputs, "inputs", f"input option of probe {spec.name!r}", doc, base)
+    for i, kind in enumerate(hyp.controls):
+        valid_kinds = [str(v) for v in vocabulary.get("control", [])]
+        if kind not in valid_kinds:
+            raise UnknownNameError("control model kind", kind, valid_kinds, doc.locate((*base, "controls", i)))
+        if "model" not in hyp.cases:
+            raise HypothesisFileError("controls need a 'model' axis: each case runs again on its model's controls",
+                                      doc.locate((*base, "controls")))
     for axis, values in hyp.cases.items():
         if axis not in vocabulary:
             raise UnknownNameError("axis", axis, vocabulary, doc.locate((*base, "cases", axis), at_key=True))

@@ -28,6 +28,7 @@ from . import allure_report, hookspecs
 from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, backend_factory
 from .baseline import case_fingerprints
 from .cases import Case, expand
+from .controls import with_controls
 from .errors import HypocheckError, HypothesisFileError, Location
 from .registry import ProbeResult
 from .runsummary import (
@@ -320,7 +321,7 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
         result = case.probe.fn(**inputs, params=case.params, rng=np.random.default_rng(case.seed))
         if not isinstance(result, ProbeResult):
             raise TypeError(f"probe {case.probe.name!r} returned {type(result).__name__}, not ProbeResult")
-        verdict = judge(case, result)
+        verdict = with_controls(case, judge(case, result), hypocheck_context)
     except Exception as exc:  # a crashing probe or model is an error of the run, not a missing case
         item.user_properties.append((ENV_KEY, dict(hypocheck_context.environment())))
         item.user_properties.append((RECORD_KEY, _error_record(case, case.case_id, exc, str(case.location),

@@ -98,6 +98,11 @@ class Hypothesis(BaseModel):
     min_effect: float | None = Field(
         None, description="Minimum effect of interest: a claim of presence passes only when the CI of its effect "
                           "metric clears this (default: the probe's documented floor).")
+    controls: list[str] = Field(
+        default_factory=list,
+        description="Control models every case also runs on (e.g. randomized: weights re-drawn; shuffled_perts: "
+                    "knockdowns routed to each other's embeddings); a claim that holds as strongly on a control is "
+                    "flagged as not specific to training.")
     holds_if: Literal["all", "any"] | int = Field(
         "all", description="When the claim holds, from its cases: all of them pass (default), any one, or at "
                            "least this many.")

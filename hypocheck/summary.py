@@ -103,6 +103,7 @@ def build_summary(cases: Sequence[CaseVerdict], environment: dict[str, Any]) -> 
                   "differs": [c.id for c in truth if c.truth == "differs"]},
         "mismatches": [c.id for c in truth if c.truth == "differs"],
         "run_correction": run_correction(cases),
+        "not_specific_to_training": [c.id for c in cases if c.specific_to_training is False],
         "claims": [c.to_json() for c in claims],
         "cases": [c.to_json() for c in cases],
         "environment": environment,

@@ -75,6 +75,10 @@ class CaseVerdict:
     """The hypothesis's fixed drift tolerance, when it sets one."""
     fingerprints: dict[str, str] = field(default_factory=dict)
     """Checkpoints and data this case ran on (baseline runs)."""
+    controls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per control model kind: the same case's verdict, effect, CI and p on that control."""
+    specific_to_training: bool | None = None
+    """For a passing case with controls: False when it holds as strongly on a control."""
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)

@@ -134,3 +134,35 @@ def test_unknown_config_key_is_one_error(user_repo: Path) -> None:
     path = suite(user_repo)
     path.write_text(path.read_text().replace("min_set_size:", "min_set_sise:"))
     _one_error(run(user_repo, "--co"), "suite.yaml:", "unknown key 'min_set_sise'", "did you mean 'min_set_size'")
+
+
+def test_reports_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    from hypocheck.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_html_report_without_the_allure_tool_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hypocheck import allure_report
+
+    monkeypatch.delenv("HYPOCHECK_ALLURE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(allure_report.AllureNotFoundError, match="npm install --save-dev allure@3"):
+        allure_report.find_allure(tmp_path)
+    (tmp_path / "results").mkdir()
+
+    original = allure_report.find_allure
+
+    def missing(root: Path | None = None) -> str:
+        return original(tmp_path)
+
+    monkeypatch.setattr(allure_report, "find_allure", missing)
+    assert allure_report.main(["generate", str(tmp_path / "results"), "-o", str(tmp_path / "html")]) == 2
+    assert "cannot render the HTML report: the Allure command-line tool" in capsys.readouterr().err

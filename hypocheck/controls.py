@@ -1,0 +1,55 @@
+"""Control models: run a case again on copies of its model that training did not shape.
+
+A hypothesis with ``controls: [randomized, shuffled_perts]`` runs every case on its model's controls too
+(the backend names them ``<model>~<kind>``): the model-randomization test of Adebayo et al. ("Sanity checks
+for saliency maps", NeurIPS 2018) and a copy whose knockdowns are routed to each other's embeddings. A
+claim of presence that holds as strongly on a control is no evidence about what training learned: the case
+keeps its verdict and is flagged *not specific to training* in every output. Decided inside the case's item,
+like the verdict itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import ProbeContext
+from .cases import Case
+from .registry import ProbeResult
+from .verdict import CaseVerdict, judge
+
+CONTROL_SEPARATOR = "~"
+
+
+def control_case(case: Case, kind: str) -> Case:
+    """The same case on the control ``kind`` of its model (no planted truth applies to a control)."""
+    model = f"{case.axes['model']}{CONTROL_SEPARATOR}{kind}"
+    return dataclasses.replace(case, axes={**case.axes, "model": model}, expected=None)
+
+
+def with_controls(case: Case, verdict: CaseVerdict, context: ProbeContext) -> CaseVerdict:
+    """``verdict`` with each control's verdict, effect and CI, and the flag when one holds as strongly."""
+    if not case.hypothesis.controls:
+        return verdict
+    results: dict[str, dict[str, Any]] = {}
+    notes = list(verdict.notes)
+    specific: bool | None = None
+    for kind in case.hypothesis.controls:
+        twin = control_case(case, kind)
+        result = case.probe.fn(**context.prepare(twin), params=twin.params, rng=np.random.default_rng(twin.seed))
+        if not isinstance(result, ProbeResult):
+            raise TypeError(f"probe {case.probe.name!r} returned {type(result).__name__}, not ProbeResult")
+        judged = judge(twin, result)
+        results[kind] = {"verdict": judged.verdict, "effect": judged.effect, "ci": list(judged.ci), "p": judged.p}
+        if verdict.verdict != "pass":
+            continue
+        low = verdict.ci[0] if verdict.ci[0] is not None and math.isfinite(verdict.ci[0]) else verdict.effect
+        strong = judged.verdict == "pass" and judged.effect is not None and low is not None and judged.effect >= low
+        specific = (specific is not False) and not strong
+        if strong:
+            notes.append(f"not specific to training: the claim holds as strongly on the {kind} control "
+                         f"({verdict.effect_metric} {judged.effect:.3g} vs {verdict.effect:.3g})")
+    return dataclasses.replace(verdict, controls=results, specific_to_training=specific, notes=notes)
