@@ -179,7 +179,8 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
         if metric != case.probe.p:
             rows.append((f"{metric} (raw → corrected)", f"{_fmt(values['raw'])} → {_fmt(values['adjusted'])}"))
     if verdict.null is not None:
-        rows.append(("null distribution", f"mean {_fmt(verdict.null['mean'])}, SD {_fmt(verdict.null['sd'])}, "
+        rows.append(("null distribution", f"{html.escape(str(verdict.null.get('kind', 'null')))}: mean "
+                                          f"{_fmt(verdict.null['mean'])}, SD {_fmt(verdict.null['sd'])}, "
                                           f"{int(verdict.null['draws'])} draws"))
     for kind, control in verdict.controls.items():
         rows.append((f"on the {html.escape(kind)} control",

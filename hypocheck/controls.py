@@ -22,6 +22,8 @@ from .registry import ProbeResult
 from .verdict import CaseVerdict, judge
 
 CONTROL_SEPARATOR = "~"
+CONTROL_KINDS: tuple[str, ...] = ("randomized", "shuffled_perts")
+"""The control kinds a model name may ask for with ``NAME~KIND`` (a backend builds them)."""
 
 
 def control_case(case: Case, kind: str) -> Case:

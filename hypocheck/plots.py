@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,10 +144,15 @@ def observed_value(result: ProbeResult, info: PlotInfo) -> float | None:
     return None
 
 
+def set_title(ax: Axes, text: str, width: int = 64) -> None:
+    """A title wrapped onto as many lines as it needs: never cut at the figure's edge."""
+    ax.set_title(textwrap.fill(text, width), fontsize=9)
+
+
 @plot_for("null", name="null_distribution", title="null distribution")
 def null_distribution(result: ProbeResult, info: PlotInfo) -> Figure | None:
     """Histogram of the null (and of the uniform and matched nulls when both exist), observed value marked."""
-    series = {"null": _finite(result.null)}
+    series = {result.null_label: _finite(result.null)}
     if "uniform_null" in result.arrays and "matched_null" in result.arrays:
         series = {"uniform null": _finite(result.arrays["uniform_null"]),
                   "magnitude-matched null": _finite(result.arrays["matched_null"])}
@@ -169,7 +175,7 @@ def null_distribution(result: ProbeResult, info: PlotInfo) -> Figure | None:
         ax.text(0.99, 0.97, f"p = {p_value:.3g}", transform=ax.transAxes, ha="right", va="top")
     ax.set_xlabel("statistic")
     ax.set_ylabel("null draws")
-    ax.set_title(info.title or "null distribution", fontsize=9)
+    set_title(ax, info.title or "null distribution")
     ax.legend(fontsize=8, loc="upper left")
     return fig
 
@@ -202,7 +208,7 @@ def similarity_heatmap(result: ProbeResult, info: PlotInfo) -> Figure | None:
         ax.axvline(cut - 0.5, color="black", linewidth=0.8)
     fig.colorbar(image, ax=ax, shrink=0.8, label="cosine")
     what = "set members first" if info.members is not None and info.labels is None else "grouped by set"
-    ax.set_title(f"{info.title or 'similarity'} ({what})", fontsize=9)
+    set_title(ax, f"{info.title or 'similarity'} ({what})")
     ax.set_xlabel("knockdown")
     ax.set_ylabel("knockdown")
     return fig
@@ -219,7 +225,7 @@ def _histogram(values: np.ndarray, xlabel: str, title: str, marks: Mapping[str, 
         ax.axvline(value, color="grey", linestyle="--", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
-    ax.set_title(f"{title} (n = {values.size})", fontsize=9)
+    set_title(ax, f"{title} (n = {values.size})")
     ax.legend(fontsize=8)
     return fig
 
@@ -261,7 +267,7 @@ def jacobian_scatter(result: ProbeResult, info: PlotInfo) -> Figure | None:
     r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
     ax.set_xlabel("Jacobian similarity")
     ax.set_ylabel("ΔY similarity")
-    ax.set_title(f"{info.title or 'Jacobian vs ΔY'} (Pearson r = {r:.3g}, {x.size} points)", fontsize=9)
+    set_title(ax, f"{info.title or 'Jacobian vs ΔY'}: pairwise similarities (Pearson r = {r:.3g}, {x.size} pairs)")
     return fig
 
 
@@ -284,6 +290,6 @@ def convergence_curve(result: ProbeResult, info: PlotInfo) -> Figure | None:
     ax.minorticks_off()
     ax.set_xlabel("cells")
     ax.set_ylabel("metric")
-    ax.set_title(info.title or "convergence with the number of cells", fontsize=9)
+    set_title(ax, info.title or "convergence with the number of cells")
     ax.legend(fontsize=8)
     return fig

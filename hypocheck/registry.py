@@ -57,6 +57,8 @@ class ProbeResult:
     cis: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     null: np.ndarray | None = None
+    null_label: str = "null"
+    """What ``null`` is, for reports and plots, e.g. "uniform null (size-matched random sets)"."""
     tables: Mapping[str, Any] = field(default_factory=dict)
     inconclusive: str | None = None
     attainable: Mapping[str, float] = field(default_factory=dict)

@@ -63,7 +63,7 @@ class CaseVerdict:
     family_size: int = 1
     p_values: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Every p-value a check used: raw, corrected (``adjusted``) and smallest attainable (``floor``)."""
-    null: dict[str, float] | None = None
+    null: dict[str, Any] | None = None
     """Mean, SD and number of draws of the null distribution the probe compared against, when it has one."""
     min_effect: float | None = None
     holds_if: str | int = "all"
@@ -136,7 +136,7 @@ def _null_summary(result: ProbeResult) -> dict[str, float] | None:
     if null.size == 0:
         return None
     return {"mean": float(null.mean()), "sd": float(null.std(ddof=1)) if null.size > 1 else math.nan,
-            "draws": float(null.size)}
+            "draws": float(null.size), "kind": result.null_label}
 
 
 def judge(case: Case, result: ProbeResult) -> CaseVerdict:
