@@ -128,7 +128,7 @@ def flat_metrics(result: ProbeResult) -> dict[str, float]:
     return metrics
 
 
-def _null_summary(result: ProbeResult) -> dict[str, float] | None:
+def _null_summary(result: ProbeResult) -> dict[str, Any] | None:
     if result.null is None:
         return None
     null = np.asarray(result.null, dtype=float).ravel()
