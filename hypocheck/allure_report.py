@@ -123,6 +123,7 @@ def start_case(case: Case, family: str) -> None:
     allure.dynamic.label("family", family)
     allure.dynamic.label("probe", case.probe.name)
     allure.dynamic.label("hypothesis", case.hypothesis.id)
+    allure.dynamic.label("case", case.case_id)
     source = case.hypothesis.source
     if source.claim is not None:
         allure.dynamic.label("source_claim", f"claim {source.claim}")
@@ -242,10 +243,13 @@ def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult, inputs: M
             allure.attach(png, name=title, attachment_type=allure.attachment_type.TEXT)
 
 
-def label_claims(directory: Path, claims: Sequence[Mapping[str, Any]]) -> None:
+def label_claims(directory: Path, claims: Sequence[Mapping[str, Any]],
+                 drift: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
     """Show each claim's result as the parent of its cases: the suite (group) of every case result of a
-    hypothesis is renamed to the hypothesis with its claim-level verdict (rewritten atomically at the end)."""
+    hypothesis is renamed to the hypothesis with its claim-level verdict; a case that drifted from the
+    baseline gets a "drift from baseline" tag (result files rewritten atomically when the run ends)."""
     by_id = {c["hypothesis"]: c for c in claims}
+    drift = drift or {}
     for path in sorted(directory.glob("*-result.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         labels = result.get("labels", [])
@@ -256,6 +260,9 @@ def label_claims(directory: Path, claims: Sequence[Mapping[str, Any]]) -> None:
         title = f"{hyp} — claim {claim['verdict'].upper()} ({claim['reason']})"
         result["labels"] = [lab for lab in labels if lab.get("name") not in {"suite", "claim_verdict"}]
         result["labels"] += [{"name": "suite", "value": title}, {"name": "claim_verdict", "value": claim["verdict"]}]
+        case_id = next((lab["value"] for lab in labels if lab.get("name") == "case"), None)
+        if case_id in drift:
+            result["labels"].append({"name": "tag", "value": "drift from baseline"})
         atomic_write_text(path, json.dumps(result) + "\n")
 
 

@@ -63,7 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--save-baseline", default=None, metavar="NAME",
                     help="store every case's metrics, verdict and fingerprints as baseline NAME")
     group.addoption("--baseline", default=None, metavar="NAME",
-                    help="compare this run against baseline NAME: drift beyond each hypothesis's tolerance fails")
+                    help="compare this run against baseline NAME: verdicts that flip and metrics that move beyond "
+                         "their uncertainty are reported as drift, and the run ends with a failure status")
     group.addoption("--baseline-dir", default=None, metavar="DIR",
                     help="where baselines are kept (default: <rootdir>/baselines)")
     group.addoption("--drift-tolerance", type=float, default=0.5, metavar="FRACTION",

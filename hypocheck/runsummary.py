@@ -163,7 +163,7 @@ class RunSummary:
                     allure_report.write_gone_result(alluredir, case_id, f"case gone since baseline {baseline.name}",
                                                     allure_report.family_of(base.get("nodeid", case_id)))
         if alluredir is not None:
-            allure_report.label_claims(alluredir, self.summary["claims"])
+            allure_report.label_claims(alluredir, self.summary["claims"], (self.drift or {}).get("cases"))
         write_summary(reports_dir(self.config), self.summary, extra)
         name = self.config.getoption("--save-baseline")
         if name:
@@ -201,8 +201,10 @@ class RunSummary:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         empty = self.config.stash.get(EMPTY_DIRS_KEY, [])
         if empty and not self.collected:
+            patterns = self.config.getini("hypocheck_files")
+            rule = f"files matching hypocheck_files = {' '.join(patterns)}" if patterns else FILE_RULE
             for directory in empty:
-                terminalreporter.write_line(f"hypocheck: no hypothesis files under {directory} ({FILE_RULE})",
+                terminalreporter.write_line(f"hypocheck: no hypothesis files under {directory} ({rule})",
                                             yellow=True)
         if not self.summary:
             return

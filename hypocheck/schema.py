@@ -10,6 +10,7 @@ probe's ``params`` and ``inputs`` with that probe's own models.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import types
@@ -326,8 +327,12 @@ def probe_catalog() -> list[dict[str, Any]]:
 
 def main() -> None:
     """Print the JSON Schema (``hypocheck-schema > hypothesis.schema.json``)."""
-    json.dump(json_schema(), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    try:
+        json.dump(json_schema(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (`hypocheck-schema | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.models["fewshot"].checkpoint == "final" and cfg.models["fewshot"].trust_pickle is False
     assert cfg.data.path == (tmp_path / "data" / "tiny.h5ad").resolve()
     assert (cfg.data.gene_key, cfg.data.expr_key, cfg.data.control_label) == ("gene", "X_hvg", "non-targeting")
-    assert (cfg.control_sentence.cells, cfg.control_sentence.seed, cfg.min_set_size) == (64, 42, 5)
+    assert (cfg.control_sentence.cells, cfg.control_sentence.seed) == (64, 42)
     assert cfg.sae is None and cfg.device == "auto"
     sets = cfg.gene_set_definitions()
     assert sets["ribosome"].patterns == ("^RPL",) and "mitoribosome" in sets

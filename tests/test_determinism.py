@@ -99,7 +99,6 @@ def _tiny_suite(root: Path) -> None:
         "gene_sets": {"set_a": {"patterns": ["^KD0[0-4]$"]}, "set_b": {"patterns": ["^KD0[5-9]$"]},
                       "set_c": {"members": ["KD01", "KD03", "KD05", "KD07", "KD09"]},
                       "set_d": {"members": ["KD00", "KD02", "KD04", "KD06", "KD08", "KD10"]}},
-        "min_set_size": 3,
         "device": "cpu",
     }
     (root / "suite.yaml").write_text(yaml.safe_dump(config))
