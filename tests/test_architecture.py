@@ -1,0 +1,68 @@
+"""The architecture holds: imports flow one way, the runtime never imports the repository's tools, and
+start-up imports no heavy library.
+
+- The engine (hypocheck/, the command-line tool aside) imports neither the probes nor the backend: it
+  finds them through entry points. Probes import the engine, never the backend.
+- The demo generator (fixtures/demo) and the calibration scripts (probes/calibration) are tools: nothing
+  the installed distribution runs imports them.
+- Loading the plugin and collecting the shipped suite import no torch, arc-state or matplotlib.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = sorted(p for p in (ROOT / "hypocheck").glob("*.py") if p.name != "cli.py")
+PROBES = sorted(p for p in (ROOT / "probes").glob("*.py"))
+BACKEND = sorted(p for p in (ROOT / "fixtures").glob("*.py"))
+
+
+def imported(path: Path) -> set[str]:
+    """Absolute module names ``path`` imports (relative imports resolved against its package)."""
+    package = {"hypocheck": "hypocheck", "probes": "hypocheck.probes", "fixtures": "hypocheck.fixtures"}[
+        path.parent.name]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(x for x in (base, node.module or "") if x)
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("path", ENGINE, ids=lambda p: p.name)
+def test_the_engine_imports_neither_probes_nor_backend(path: Path) -> None:
+    bad = sorted(n for n in imported(path) if n.startswith(("hypocheck.probes", "hypocheck.fixtures")))
+    assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("path", PROBES, ids=lambda p: p.name)
+def test_probes_import_the_engine_not_the_backend(path: Path) -> None:
+    bad = sorted(n for n in imported(path) if n.startswith("hypocheck.fixtures") or n.split(".")[0] == "torch")
+    assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("path", ENGINE + PROBES + BACKEND, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_runtime_never_imports_the_tools(path: Path) -> None:
+    bad = sorted(n for n in imported(path)
+                 if n.startswith(("hypocheck.fixtures.demo", "hypocheck.probes.calibration", "tests", "bench")))
+    assert not bad, f"{path.name} imports {bad}"
+
+
+def test_start_up_imports_no_heavy_library() -> None:
+    code = ("import sys, subprocess, pytest\n"
+            "pytest.main(['--co', '-q', 'hypotheses', '-p', 'no:cacheprovider'])\n"
+            "print(sorted(m for m in ('torch', 'state', 'matplotlib', 'anndata', 'sklearn') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert "76 tests collected" in result.stdout or "tests collected" in result.stdout, result.stdout[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]
