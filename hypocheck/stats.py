@@ -119,3 +119,11 @@ def bh_adjust(p_values: Sequence[float]) -> list[float]:
 
         out[finite] = stats.false_discovery_control(np.clip(p[finite], 0, 1), method="bh")
     return [float(v) for v in out]
+
+
+def empirical_p_floor(null: np.ndarray) -> float:
+    """The smallest p ``compare_to_null`` can give against ``null``: ``1/(n + 1)`` for its ``n`` finite draws
+    (NaN with fewer than two, where it gives no p)."""
+    null = np.asarray(null, dtype=float)
+    n = int(np.count_nonzero(np.isfinite(null)))
+    return 1.0 / (n + 1) if n >= 2 else float("nan")

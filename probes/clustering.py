@@ -3,9 +3,15 @@
 Cosine ignores magnitude: knockdowns with little or no effect all share the
 model's default output direction, so any set of them looks "clustered" against
 uniformly drawn random sets. Both probes here therefore also draw null sets
-*matched for effect magnitude* (member *i* of every null set comes from the same
-‖ΔY‖ quantile bin as member *i* of the set) and judge on that matched test; the
-uniform test is kept beside it for comparison with the original analysis.
+*matched for effect magnitude* (null member *i* is drawn from a window of the
+‖ΔY‖ ranking centred on set member *i*) and judge on that matched test; the uniform
+test is kept beside it for comparison with the original analysis.
+
+Perturbed outputs also share a shift common to all perturbations (systematic
+variation; Viñas Torné et al., "Systema", Nature Biotechnology 2025): the
+*specific* metrics repeat the matched test after subtracting the mean feature
+vector over all knockdowns, so only what is particular to the set's
+perturbations can make it cluster.
 """
 
 from __future__ import annotations
@@ -16,8 +22,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
+from hypocheck.stats import empirical_p_floor
 
-from .setstats import SetClustering, cosine_matrix, matched_bins, set_clustering_vectorised
+from .setstats import SetClustering, cosine_matrix, magnitude_matched_sets, set_clustering_vectorised
+
+MIN_DELTA_COSINE = 0.05
+"""Minimum effect of interest on ``delta_cosine`` for a claim that a set clusters: members sharing a common
+direction that carries 5 % of each member's squared norm (unit vectors √c·shared + √(1 − c)·own have pairwise
+cosine c) beyond what magnitude-matched sets share. Smaller gains are within what the choice of layer, SAE or
+cell sentence moves."""
 
 
 class OutputFeatureInputs(BaseModel):
@@ -38,13 +51,11 @@ class OutputClusteringParams(BaseModel):
     null_sets: int = Field(5000, ge=100, description="Random knockdown sets in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
-    magnitude_bins: int = Field(
-        10, ge=2, le=20, description="‖ΔY‖ quantile bins for the matched null; fewer are used if a bin is crowded."
-    )
-    min_stratum_ratio: float = Field(
-        2.0, ge=1.0,
-        description="Each bin must hold at least this many times as many knockdowns as the set draws from it; "
-        "bins are merged (fewer bins) until it does, else the case is inconclusive.",
+    match_neighbours: int = Field(
+        2, ge=1,
+        description="Matched null: null member i is drawn from set member i and this many knockdowns on either "
+        "side of it in the ‖ΔY‖ ranking (fewer near the ends, as many below as above), skipping knockdowns the "
+        "null set already holds.",
     )
     floor_quantile: float = Field(
         0.1, gt=0, lt=1,
@@ -59,17 +70,20 @@ class OutputAbsenceParams(OutputClusteringParams):
         ..., gt=0, description="A delta_cosine of this size (e.g. the one seen in mitochondrial sets) must be "
         "excluded by the CI for absence to be shown.",
     )
-    alpha: float = Field(0.05, gt=0, lt=1, description="Level of the matched test and of the power calculation.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Level of the matched test and of the power calculation; "
+                         "a claim of absence should ask for p_matched >= this alpha.")
     target_power: float = Field(0.8, gt=0, lt=1, description="Power below this → the absence is inconclusive.")
 
 
 CLUSTERING_METRICS = (
     "within_mean_cosine", "null_mean_cosine", "z", "p", "delta_cosine_uniform", "matched_null_mean_cosine",
-    "z_matched", "p_matched", "delta_cosine", "set_magnitude", "noeffect_floor", "magnitude_ratio",
-    "n_magnitude_bins", "n_members",
+    "z_matched", "p_matched", "delta_cosine", "within_cosine_specific", "matched_null_mean_cosine_specific",
+    "z_specific", "p_specific", "delta_cosine_specific", "set_magnitude", "matched_set_magnitude",
+    "noeffect_floor", "magnitude_ratio", "match_neighbours", "n_members",
 )
 ABSENCE_METRICS = (*CLUSTERING_METRICS, "reference_effect", "power", "minimal_detectable_effect",
                    "reference_excluded")
+P_METRICS = ("p", "p_matched", "p_specific")
 
 
 def noeffect_floor_of(magnitude: np.ndarray, quantile: float) -> float:
@@ -78,11 +92,19 @@ def noeffect_floor_of(magnitude: np.ndarray, quantile: float) -> float:
     return float(np.median(mag[: max(1, round(quantile * mag.size))]))
 
 
+def specific_features(features: np.ndarray) -> np.ndarray:
+    """Features less the mean feature vector over all knockdowns: the shift common to every perturbation
+    removed, what is specific to each one left."""
+    features = np.asarray(features, dtype=float)
+    return features - features.mean(axis=0, keepdims=True)
+
+
 def _metrics(
     features: np.ndarray, members: np.ndarray, magnitude: np.ndarray, floor: float | None,
-    params: OutputClusteringParams,
+    params: OutputClusteringParams, rng: np.random.Generator,
 ) -> tuple[dict[str, float], str | None, np.ndarray, np.ndarray | None]:
-    """Descriptive metrics (all NaN where undefined), an inconclusive reason, the similarity and the bins."""
+    """Descriptive metrics (all NaN where undefined), an inconclusive reason, the similarity, the matched
+    null sets."""
     nan = float("nan")
     magnitude = np.asarray(magnitude, dtype=float)
     if magnitude.shape != (features.shape[0],):
@@ -90,36 +112,51 @@ def _metrics(
     floor = noeffect_floor_of(magnitude, params.floor_quantile) if floor is None else float(floor)
     set_mag = float(np.median(magnitude[members])) if members.size else nan
     metrics = dict.fromkeys(CLUSTERING_METRICS, nan) | {
-        "set_magnitude": set_mag, "noeffect_floor": floor,
+        "set_magnitude": set_mag, "noeffect_floor": floor, "match_neighbours": float(params.match_neighbours),
         "magnitude_ratio": set_mag / floor if floor > 0 else nan, "n_members": float(members.size),
     }
     sim = cosine_matrix(features)
     if members.size < params.min_members:
         return metrics, f"{members.size} set members found; at least {params.min_members} are needed", sim, None
-    strata = matched_bins(magnitude, members, params.magnitude_bins, params.min_stratum_ratio)
-    if strata is None:
+    null_sets = magnitude_matched_sets(rng, magnitude, members, params.null_sets, params.match_neighbours)
+    if null_sets is None:
         reason = (f"the set ({members.size} of {magnitude.size} knockdowns) is too large to draw magnitude-matched "
-                  f"null sets with {params.min_stratum_ratio}× spare knockdowns per bin")
+                  f"null sets within {params.match_neighbours} ranks of each member")
         return metrics, reason, sim, None
-    return metrics, None, sim, strata
+    metrics["matched_set_magnitude"] = float(np.median(np.median(magnitude[null_sets], axis=1)))
+    return metrics, None, sim, null_sets
 
 
 def _run_tests(
-    sim: np.ndarray, members: np.ndarray, strata: np.ndarray, params: OutputClusteringParams,
-    rng: np.random.Generator, metrics: dict[str, float],
-) -> tuple[SetClustering, SetClustering]:
-    """The uniform and the magnitude-matched test; fills their metrics in."""
+    features: np.ndarray, sim: np.ndarray, members: np.ndarray, null_sets: np.ndarray,
+    params: OutputClusteringParams, rng: np.random.Generator, metrics: dict[str, float],
+) -> tuple[SetClustering, SetClustering, SetClustering, np.ndarray]:
+    """The uniform, the magnitude-matched and the specific (common shift removed, same matched null sets)
+    tests; fills their metrics in."""
     uniform = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap)
-    matched = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap,
-                                        member_strata=strata[members], pool_strata=strata)
+    matched = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap, null_sets=null_sets)
+    sim_specific = cosine_matrix(specific_features(features))
+    specific = set_clustering_vectorised(sim_specific, members, rng, params.null_sets, params.bootstrap,
+                                         null_sets=null_sets)
     metrics.update(
         within_mean_cosine=uniform.within, null_mean_cosine=uniform.test.null_mean, z=uniform.test.z,
         p=uniform.test.p, delta_cosine_uniform=uniform.within - uniform.test.null_mean,
         matched_null_mean_cosine=matched.test.null_mean, z_matched=matched.test.z,
         p_matched=matched.test.p, delta_cosine=matched.within - matched.test.null_mean,
-        n_magnitude_bins=float(strata.max() + 1),
+        within_cosine_specific=specific.within, matched_null_mean_cosine_specific=specific.test.null_mean,
+        z_specific=specific.test.z, p_specific=specific.test.p,
+        delta_cosine_specific=specific.within - specific.test.null_mean,
     )
-    return uniform, matched
+    return uniform, matched, specific, sim_specific
+
+
+def _attainable(uniform: SetClustering, matched: SetClustering, specific: SetClustering) -> dict[str, float]:
+    return {"p": empirical_p_floor(uniform.null), "p_matched": empirical_p_floor(matched.null),
+            "p_specific": empirical_p_floor(specific.null)}
+
+
+def _attainable_nan() -> dict[str, float]:
+    return dict.fromkeys(P_METRICS, float("nan"))
 
 
 @probe(
@@ -130,6 +167,7 @@ def _run_tests(
     metrics=CLUSTERING_METRICS,
     effect="delta_cosine",
     p="p_matched",
+    min_effect=MIN_DELTA_COSINE,
 )
 def output_set_clustering(
     *, features: np.ndarray, members: np.ndarray, magnitude: np.ndarray, noeffect_floor: float | None = None,
@@ -142,25 +180,35 @@ def output_set_clustering(
     ``magnitude`` is ‖ΔY_k‖ per knockdown; ``noeffect_floor`` the ‖ΔY‖ of a
     knockdown without effect (computed from ``magnitude`` when not given, see
     ``params.floor_quantile``). Effect: ``delta_cosine`` = within − matched-null
-    mean, with a bootstrap CI over members; p: the matched test's.
+    mean, with a bootstrap CI over members; p: the matched test's. Minimum
+    effect of interest for a claim of clustering: ``delta_cosine`` 0.05 (a
+    shared direction carrying 5 % of each member's squared norm beyond what
+    magnitude-matched sets share). ``*_specific``: the same matched test after
+    subtracting the mean feature vector over all knockdowns (the shift every
+    perturbation shares).
     """
     features = np.asarray(features, dtype=float)
     members = np.asarray(members, dtype=int)
-    metrics, reason, sim, strata = _metrics(features, members, magnitude, noeffect_floor, params)
-    if strata is None:
-        return ProbeResult(metrics=metrics, inconclusive=reason)
-    uniform, matched = _run_tests(sim, members, strata, params, rng, metrics)
+    metrics, reason, sim, null_sets = _metrics(features, members, magnitude, noeffect_floor, params, rng)
+    if null_sets is None:
+        return ProbeResult(metrics=metrics, inconclusive=reason, attainable=_attainable_nan())
+    uniform, matched, specific, sim_specific = _run_tests(features, sim, members, null_sets, params, rng, metrics)
     return ProbeResult(
         metrics=metrics,
-        cis={"delta_cosine": matched.ci, "delta_cosine_uniform": uniform.ci},
+        cis={"delta_cosine": matched.ci, "delta_cosine_uniform": uniform.ci, "delta_cosine_specific": specific.ci},
         null=matched.null,
-        arrays={"uniform_null": uniform.null, "matched_null": matched.null, "similarity": sim},
+        arrays={"uniform_null": uniform.null, "matched_null": matched.null, "specific_null": specific.null,
+                "matched_sets": null_sets, "similarity": sim, "similarity_specific": sim_specific},
+        attainable=_attainable(uniform, matched, specific),
     )
 
 
 def detection_power(null: np.ndarray, shift: float, alpha: float) -> float:
-    """Share of null draws that a location shift by ``shift`` lifts above the null's (1 − alpha) quantile."""
+    """Share of null draws that a location shift by ``shift`` lifts above the null's (1 − alpha) quantile
+    (0 when the null has too few draws for any p below ``alpha``)."""
     null = np.asarray(null, dtype=float)
+    if not empirical_p_floor(null) < alpha:
+        return 0.0
     return float(np.mean(null + shift > np.quantile(null, 1 - alpha)))
 
 
@@ -168,6 +216,29 @@ def minimal_detectable_effect(null: np.ndarray, alpha: float, power: float) -> f
     """The smallest location shift detected with ``power`` at ``alpha``: q(1 − alpha) − q(1 − power) of the null."""
     null = np.asarray(null, dtype=float)
     return float(np.quantile(null, 1 - alpha) - np.quantile(null, 1 - power))
+
+
+def absence_gaps(p_matched: float, ci: tuple[float, float], power: float, params: OutputAbsenceParams) -> str | None:
+    """Why an absence cannot be told, or ``None``.
+
+    Absence needs three things: (a) the matched test is not significant (``p_matched ≥ alpha``), (b) the CI
+    of ``delta_cosine`` lies below ``reference_effect`` and (c) an effect of that size would have been
+    detected (``power ≥ target_power``). When (a) fails the effect is there: that is for the claim's
+    ``p_matched >= alpha`` expectation to fail on, not a reason to be inconclusive, so ``None``. When (a)
+    holds but (b) or (c) does not, the data cannot tell absence from an effect they missed: the reason.
+    """
+    if not np.isfinite(p_matched):
+        return "the matched test gave no p-value"
+    if p_matched < params.alpha:
+        return None
+    gaps = []
+    if not ci[1] < params.reference_effect:
+        gaps.append(f"the 95% CI of delta_cosine [{ci[0]:.3g}, {ci[1]:.3g}] reaches the reference effect "
+                    f"{params.reference_effect:g}")
+    if not power >= params.target_power:
+        gaps.append(f"an effect of {params.reference_effect:g} would be detected with power {power:.2f} "
+                    f"< {params.target_power:g}")
+    return "; ".join(gaps) or None
 
 
 @probe(
@@ -185,41 +256,35 @@ def output_set_absence(
 ) -> ProbeResult:
     """Is output clustering *absent*? The matched test plus the CI and power against a reference effect.
 
-    Inputs as ``output_set_clustering``. Absence is shown only when the matched
-    test is not significant, the CI of ``delta_cosine`` lies below
-    ``reference_effect`` (``reference_excluded`` = 1) and an effect of that size
-    would have been detected (``power`` ≥ ``target_power``); when the test is not
-    significant but either of the other two fails, the result is inconclusive.
-    ``minimal_detectable_effect`` is the delta detected with ``target_power``.
+    Inputs as ``output_set_clustering``. Absence is shown only when (a) the
+    matched test is not significant (``p_matched`` ≥ ``alpha``: the claim
+    must say ``p_matched >= 0.05``), (b) the CI of ``delta_cosine`` lies below
+    ``reference_effect`` (``reference_excluded`` = 1) and (c) an effect of
+    that size would have been detected (``power`` ≥ ``target_power``). When
+    (a) fails the effect is there and the claim fails on it, whatever (b) and
+    (c) say; when (a) holds but (b) or (c) does not, the result is
+    inconclusive. ``minimal_detectable_effect`` is the delta detected with
+    ``target_power``. No minimum effect: the claim is one of absence.
     """
     features = np.asarray(features, dtype=float)
     members = np.asarray(members, dtype=int)
-    metrics, reason, sim, strata = _metrics(features, members, magnitude, noeffect_floor, params)
+    metrics, reason, sim, null_sets = _metrics(features, members, magnitude, noeffect_floor, params, rng)
     metrics.update(reference_effect=params.reference_effect, power=float("nan"),
                    minimal_detectable_effect=float("nan"), reference_excluded=float("nan"))
-    if strata is None:
-        return ProbeResult(metrics=metrics, inconclusive=reason)
-    uniform, matched = _run_tests(sim, members, strata, params, rng, metrics)
+    if null_sets is None:
+        return ProbeResult(metrics=metrics, inconclusive=reason, attainable=_attainable_nan())
+    uniform, matched, specific, sim_specific = _run_tests(features, sim, members, null_sets, params, rng, metrics)
     ci = matched.ci
     power = detection_power(matched.null, params.reference_effect, params.alpha)
-    excluded = bool(ci[1] < params.reference_effect)
-    metrics.update(power=power, reference_excluded=float(excluded),
+    metrics.update(power=power, reference_excluded=float(ci[1] < params.reference_effect),
                    minimal_detectable_effect=minimal_detectable_effect(matched.null, params.alpha,
                                                                        params.target_power))
-    reason = None
-    if not metrics["p_matched"] < params.alpha:
-        gaps = []
-        if not excluded:
-            gaps.append(f"the 95% CI of delta_cosine [{ci[0]:.3g}, {ci[1]:.3g}] reaches the reference effect "
-                        f"{params.reference_effect:g}")
-        if power < params.target_power:
-            gaps.append(f"an effect of {params.reference_effect:g} would be detected with power {power:.2f} "
-                        f"< {params.target_power:g}")
-        reason = "; ".join(gaps) or None
     return ProbeResult(
         metrics=metrics,
-        cis={"delta_cosine": ci, "delta_cosine_uniform": uniform.ci},
+        cis={"delta_cosine": ci, "delta_cosine_uniform": uniform.ci, "delta_cosine_specific": specific.ci},
         null=matched.null,
-        arrays={"uniform_null": uniform.null, "matched_null": matched.null, "similarity": sim},
-        inconclusive=reason,
+        arrays={"uniform_null": uniform.null, "matched_null": matched.null, "specific_null": specific.null,
+                "matched_sets": null_sets, "similarity": sim, "similarity_specific": sim_specific},
+        inconclusive=absence_gaps(metrics["p_matched"], ci, power, params),
+        attainable=_attainable(uniform, matched, specific),
     )

@@ -4,7 +4,9 @@ The original compared the within-set cosine with the background over all
 knockdown pairs. Knockdowns with no effect are all pulled towards the same
 "do nothing" representation during training, so a set of them looks clustered
 against uniformly drawn sets too; the test of record therefore draws null sets
-matched for effect magnitude ‖ΔY‖ (as NB01 does), with the uniform test beside it.
+matched for effect magnitude ‖ΔY‖ member by member (as NB01 does: null member *i*
+from the knockdowns next to set member *i* in the ‖ΔY‖ ranking), with the uniform test
+beside it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
+from hypocheck.stats import empirical_p_floor
 
-from .setstats import background_mean, cosine_matrix, matched_bins, set_clustering_vectorised
+from .clustering import MIN_DELTA_COSINE
+from .setstats import background_mean, cosine_matrix, magnitude_matched_sets, set_clustering_vectorised
 
 EMBEDDING_METRICS = (
     "within_mean_cosine", "background_mean_cosine", "null_mean_cosine", "z", "p", "delta_cosine_uniform",
@@ -29,8 +33,12 @@ class EmbeddingClusteringParams(BaseModel):
     null_sets: int = Field(1000, ge=100, description="Random knockdown sets in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
-    magnitude_bins: int = Field(10, ge=2, le=20, description="‖ΔY‖ quantile bins for the matched null.")
-    min_stratum_ratio: float = Field(2.0, ge=1.0, description="Spare knockdowns per bin the matched null needs.")
+    match_neighbours: int = Field(
+        2, ge=1,
+        description="Matched null: null member i is drawn from set member i and this many knockdowns on either "
+        "side of it in the ‖ΔY‖ ranking (fewer near the ends, as many below as above), skipping knockdowns the "
+        "null set already holds.",
+    )
 
 
 @probe(
@@ -40,6 +48,7 @@ class EmbeddingClusteringParams(BaseModel):
     metrics=EMBEDDING_METRICS,
     effect="delta_cosine",
     p="p_matched",
+    min_effect=MIN_DELTA_COSINE,
 )
 def pert_embedding_clustering(
     *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,
@@ -50,35 +59,45 @@ def pert_embedding_clustering(
     ``embeddings`` is (knockdowns × hidden), one pert_encoder output per
     knockdown (control excluded); ``members`` indexes the set; ``magnitude``
     is each knockdown's effect size ‖ΔY‖ (without it the matched metrics are
-    NaN and the case cannot be judged on them).
+    NaN and the case cannot be judged on them). Minimum effect of interest for
+    a claim of clustering: ``delta_cosine`` 0.05 (a shared direction carrying
+    5 % of each member's squared norm beyond what magnitude-matched sets share).
     """
     members = np.asarray(members, dtype=int)
     sim = cosine_matrix(embeddings)
     metrics = dict.fromkeys(EMBEDDING_METRICS, float("nan")) | {
         "background_mean_cosine": background_mean(sim), "n_members": float(members.size),
     }
+    attainable = {"p": float("nan"), "p_matched": float("nan")}
     if members.size < params.min_members:
-        return ProbeResult(metrics=metrics, arrays={"similarity": sim},
+        return ProbeResult(metrics=metrics, arrays={"similarity": sim}, attainable=attainable,
                            inconclusive=f"{members.size} set members found; at least {params.min_members} are needed")
     uniform = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap)
     metrics |= {
         "within_mean_cosine": uniform.within, "null_mean_cosine": uniform.test.null_mean, "z": uniform.test.z,
         "p": uniform.test.p, "delta_cosine_uniform": uniform.within - uniform.test.null_mean,
     }
+    attainable["p"] = empirical_p_floor(uniform.null)
     cis = {"delta_cosine_uniform": uniform.ci}
     null = uniform.null
     inconclusive = None
     if magnitude is None:
         inconclusive = "no effect magnitudes given: the magnitude-matched test cannot run"
     else:
-        strata = matched_bins(np.asarray(magnitude, float), members, params.magnitude_bins, params.min_stratum_ratio)
-        if strata is None:
-            inconclusive = "the set is too large to draw magnitude-matched null sets"
+        magnitude = np.asarray(magnitude, dtype=float)
+        if magnitude.shape != (sim.shape[0],):
+            raise ValueError(f"magnitude has shape {magnitude.shape}; expected ({sim.shape[0]},)")
+        null_sets = magnitude_matched_sets(rng, magnitude, members, params.null_sets, params.match_neighbours)
+        if null_sets is None:
+            inconclusive = (f"the set ({members.size} of {sim.shape[0]} knockdowns) is too large to draw "
+                            f"magnitude-matched null sets within {params.match_neighbours} ranks of each member")
         else:
             matched = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap,
-                                                member_strata=strata[members], pool_strata=strata)
+                                                null_sets=null_sets)
             metrics |= {"matched_null_mean_cosine": matched.test.null_mean, "z_matched": matched.test.z,
                         "p_matched": matched.test.p, "delta_cosine": matched.within - matched.test.null_mean}
             cis["delta_cosine"] = matched.ci
             null = matched.null
-    return ProbeResult(metrics=metrics, cis=cis, null=null, arrays={"similarity": sim}, inconclusive=inconclusive)
+            attainable["p_matched"] = empirical_p_floor(matched.null)
+    return ProbeResult(metrics=metrics, cis=cis, null=null, arrays={"similarity": sim}, inconclusive=inconclusive,
+                       attainable=attainable)

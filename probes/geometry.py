@@ -9,10 +9,10 @@ both models moves as one unit: see ``cross_model_cosine``).
 Purity has the magnitude confound of cosine clustering: knockdowns
 with little effect all share the default direction, so they are each other's
 nearest neighbours and a set of weak knockdowns looks "pure" against uniformly
-permuted labels. The test of record therefore permutes labels only within
-effect-magnitude (‖ΔY‖) quantile bins — member *i* of every null set comes
-from member *i*'s bin, as in the matched clustering nulls — with the uniform
-test reported beside it.
+permuted labels. The test of record therefore matches labels for effect
+magnitude (‖ΔY‖) member by member — null member *i* is drawn from the
+knockdowns next to set member *i* in the ‖ΔY‖ ranking, as in the matched clustering
+nulls — with the uniform test reported beside it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,18 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
-from hypocheck.stats import compare_to_null, random_sets
+from hypocheck.stats import compare_to_null, empirical_p_floor, random_sets
 
-from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix, matched_bins, unit_rows
+from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix, magnitude_matched_sets, unit_rows
+
+MIN_DELTA_PURITY = 0.1
+"""Minimum effect of interest on ``delta_purity`` for a claim that a set is pure: one in ten of a member's
+nearest neighbours in the set beyond the matched null (with k = 5, one more in-set neighbour for every other
+member). Less leaves each member's neighbourhood essentially that of a matched random set."""
+MIN_CROSS_MODEL_COSINE = 0.1
+"""Minimum effect of interest on ``mean_cosine`` for a claim that two models agree: a knockdown's two
+representations share at least cos² = 1 % of their direction on average. Below that they do not "point the same
+way" in any sense that carries over from one model to the other, however many knockdowns make it significant."""
 
 
 class CrossModelInputs(BaseModel):
@@ -60,22 +69,24 @@ def set_purity(neighbours: np.ndarray, sets: np.ndarray) -> np.ndarray:
 
 
 class NeighbourPurityParams(BaseModel):
-    """Parameters of the nearest-neighbour purity test (uniform and magnitude-matched label permutations)."""
+    """Parameters of the nearest-neighbour purity test (uniform and magnitude-matched label draws)."""
 
     model_config = ConfigDict(extra="forbid")
     k: int = Field(5, ge=1, description="Nearest neighbours (by cosine, self excluded) per knockdown.")
     permutations: int = Field(2000, ge=1000, description="Label permutations in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
-    magnitude_bins: int = Field(
-        10, ge=2, le=20, description="‖ΔY‖ quantile bins for the matched null; fewer are used if a bin is crowded."
+    match_neighbours: int = Field(
+        2, ge=1,
+        description="Matched null: null member i is drawn from set member i and this many knockdowns on either "
+        "side of it in the ‖ΔY‖ ranking (fewer near the ends, as many below as above), skipping knockdowns the "
+        "null set already holds.",
     )
-    min_stratum_ratio: float = Field(2.0, ge=1.0, description="Spare knockdowns per bin the matched null needs.")
 
 
 PURITY_METRICS = (
     "mean_purity", "null_mean_purity", "chance_purity", "z", "p", "delta_purity_uniform",
-    "matched_null_mean_purity", "z_matched", "p_matched", "delta_purity", "n_magnitude_bins", "k", "n_members",
+    "matched_null_mean_purity", "z_matched", "p_matched", "delta_purity", "match_neighbours", "k", "n_members",
 )
 
 
@@ -86,6 +97,7 @@ PURITY_METRICS = (
     metrics=PURITY_METRICS,
     effect="delta_purity",
     p="p_matched",
+    min_effect=MIN_DELTA_PURITY,
 )
 def pert_neighbour_purity(
     *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,
@@ -97,10 +109,12 @@ def pert_neighbour_purity(
     ``magnitude`` is each knockdown's effect size ‖ΔY‖ (without it the matched
     metrics are NaN and the case is inconclusive); ``names`` labels the rows of
     the ``neighbours`` table (row indices when absent). Two nulls: labels
-    permuted uniformly (``z``, ``p``, ``delta_purity_uniform``) and within
-    ‖ΔY‖ quantile bins (``z_matched``, ``p_matched``, ``delta_purity``, the
-    effect and p of record). Deltas are mean purity − the null's mean, CIs by
-    bootstrap over members; ``chance_purity`` = (m − 1)/(n − 1).
+    permuted uniformly (``z``, ``p``, ``delta_purity_uniform``) and matched
+    for ‖ΔY‖ member by member (``z_matched``, ``p_matched``, ``delta_purity``,
+    the effect and p of record). Deltas are mean purity − the null's mean, CIs
+    by bootstrap over members; ``chance_purity`` = (m − 1)/(n − 1). Minimum
+    effect of interest for a claim of purity: ``delta_purity`` 0.1 (one in ten
+    of a member's neighbours in the set beyond the matched null).
     """
     members = np.asarray(members, dtype=int)
     sim = cosine_matrix(embeddings)
@@ -123,11 +137,14 @@ def pert_neighbour_purity(
     nan = float("nan")
     metrics = dict.fromkeys(PURITY_METRICS, nan) | {
         "k": float(k), "n_members": float(m), "chance_purity": (m - 1) / (n - 1) if n > 1 else nan,
+        "match_neighbours": float(params.match_neighbours),
     }
+    attainable = {"p": nan, "p_matched": nan}
     if m < params.min_members or m >= n or params.k >= n:
         too_few = (f"{m} set members found; at least {params.min_members} are needed" if m < params.min_members
                    else f"{m} members of {n} knockdowns with k = {params.k}: no room for a permutation null")
-        return ProbeResult(metrics=metrics, tables={"neighbours": table}, inconclusive=too_few)
+        return ProbeResult(metrics=metrics, tables={"neighbours": table}, inconclusive=too_few,
+                           attainable=attainable)
     purity = in_set[nbrs[members]].mean(axis=1)
     lo, hi = bootstrap_mean_ci(purity, rng, params.bootstrap)
     uniform_null = set_purity(nbrs, random_sets(rng, np.arange(n), m, params.permutations))
@@ -136,25 +153,27 @@ def pert_neighbour_purity(
                    delta_purity_uniform=uniform.observed - uniform.null_mean)
     cis = {"mean_purity": (lo, hi), "delta_purity_uniform": (lo - uniform.null_mean, hi - uniform.null_mean)}
     arrays = {"purity": purity, "neighbours": nbrs, "uniform_null": uniform_null}
+    attainable["p"] = empirical_p_floor(uniform_null)
     null: np.ndarray = uniform_null
     reason: str | None = None
-    strata = None if magnitude is None else matched_bins(np.asarray(magnitude, dtype=float), members,
-                                                         params.magnitude_bins, params.min_stratum_ratio)
+    null_sets = None if magnitude is None else magnitude_matched_sets(
+        rng, np.asarray(magnitude, dtype=float), members, params.permutations, params.match_neighbours)
     if magnitude is None:
         reason = "no effect magnitudes given: the magnitude-matched test cannot run"
-    elif strata is None:
-        reason = (f"the set ({m} of {n} knockdowns) is too large to draw magnitude-matched null sets with "
-                  f"{params.min_stratum_ratio}× spare knockdowns per bin")
+    elif null_sets is None:
+        reason = (f"the set ({m} of {n} knockdowns) is too large to draw magnitude-matched null sets within "
+                  f"{params.match_neighbours} ranks of each member")
     else:
-        null = set_purity(nbrs, random_sets(rng, np.arange(n), m, params.permutations, strata[members].tolist(),
-                                            strata))
+        null = set_purity(nbrs, null_sets)
         matched = compare_to_null(uniform.observed, null)
         metrics.update(matched_null_mean_purity=matched.null_mean, z_matched=matched.z, p_matched=matched.p,
-                       delta_purity=matched.observed - matched.null_mean, n_magnitude_bins=float(strata.max() + 1))
+                       delta_purity=matched.observed - matched.null_mean)
         cis["delta_purity"] = (lo - matched.null_mean, hi - matched.null_mean)
         arrays["matched_null"] = null
+        arrays["matched_sets"] = null_sets
+        attainable["p_matched"] = empirical_p_floor(null)
     return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=null, tables={"neighbours": table},
-                       inconclusive=reason)
+                       inconclusive=reason, attainable=attainable)
 
 
 class CrossModelParams(BaseModel):
@@ -200,7 +219,7 @@ def rotation_null(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generator
 
 
 @probe("cross_model_cosine", params=CrossModelParams, inputs=CrossModelInputs, axes=(), metrics=CROSS_METRICS,
-       effect="mean_cosine", p="p")
+       effect="mean_cosine", p="p", min_effect=MIN_CROSS_MODEL_COSINE)
 def cross_model_cosine(
     *, embeddings_a: np.ndarray, embeddings_b: np.ndarray, members: np.ndarray | None = None,
     params: CrossModelParams, rng: np.random.Generator,
@@ -225,7 +244,9 @@ def cross_model_cosine(
 
     ``p`` = max(``p_mismatched``, ``p_rotation``) (an intersection–union test:
     agreement must beat both nulls); CI of ``mean_cosine`` by bootstrap over
-    knockdowns.
+    knockdowns. Its smallest attainable value is the larger of the two nulls'
+    floors. Minimum effect of interest for a claim of agreement: ``mean_cosine``
+    0.1 (cos² = 1 % of a knockdown's direction shared between the models).
     """
     a, b = unit_rows(embeddings_a), unit_rows(embeddings_b)
     if a.shape != b.shape:
@@ -237,7 +258,8 @@ def cross_model_cosine(
     metrics = dict.fromkeys(CROSS_METRICS, nan) | {"n_kds": float(idx.size)}
     if idx.size < params.min_members or n < 2:
         return ProbeResult(metrics=metrics, arrays={"cosine": per_kd},
-                           inconclusive=f"{idx.size} knockdowns; at least {params.min_members} are needed")
+                           inconclusive=f"{idx.size} knockdowns; at least {params.min_members} are needed",
+                           attainable=dict.fromkeys(("p", "p_mismatched", "p_rotation"), nan))
     cross = a[idx] @ b.T  # (m × n): KD idx[i] of A against every KD of B
     partners = (idx[None, :] + rng.integers(1, n, size=(params.permutations, idx.size))) % n
     null = cross[np.arange(idx.size)[None, :], partners].mean(axis=1)
@@ -254,4 +276,6 @@ def cross_model_cosine(
         cis={"mean_cosine": (lo, hi), "delta_cosine": (lo - test.null_mean, hi - test.null_mean)},
         arrays={"cosine": per_kd, "rotation_null": rotated},
         null=null,
+        attainable={"p_mismatched": empirical_p_floor(null), "p_rotation": empirical_p_floor(rotated),
+                    "p": max(empirical_p_floor(null), empirical_p_floor(rotated))},
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, quantile_strata, random_sets
+from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, random_sets
 
 CHUNK_ELEMENTS = 4_000_000
 
@@ -112,27 +112,16 @@ def within_mean_distinct_rows(sim: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return out
 
 
-def stratum_pair_means(sim: np.ndarray, strata: np.ndarray) -> np.ndarray:
-    """Mean similarity of two distinct items drawn from strata *a* and *b* (a strata × strata matrix):
-    the expected within-set similarity of a pair under a null that draws members stratum by stratum."""
-    strata = np.asarray(strata, dtype=int)
-    onehot = np.eye(int(strata.max()) + 1)[strata]
-    counts = onehot.sum(axis=0)
-    totals = onehot.T @ sim @ onehot - np.diag(onehot.T @ np.diag(sim))
-    pairs = np.outer(counts, counts) - np.diag(counts)
-    return np.divide(totals, pairs, out=np.full(totals.shape, np.nan), where=pairs > 0)
-
-
 def bootstrap_within_ci(
     sim: np.ndarray, members: np.ndarray, rng: np.random.Generator, n_boot: int,
     expected: float | np.ndarray = 0.0, level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI over members of the within-set mean of (similarity − ``expected``), vectorised.
 
-    ``expected`` is the null's mean (a number) or, for a stratified null, each
-    pair's own null expectation (an items × items matrix, see
-    ``stratum_pair_means``): a resample then carries its own composition's null
-    mean, so the CI reflects clustering, not which strata the resample drew.
+    ``expected`` is the null's mean (a number) or, for a null matched member by
+    member, each pair's own null expectation (an items × items matrix, see
+    ``slot_pair_means``): a resample then carries its own composition's null
+    mean, so the CI reflects clustering, not which magnitudes the resample drew.
     A resample drawing one member only has no pair and is skipped: with
     ``scipy.stats.bootstrap`` that single NaN would turn the whole CI into NaN
     (for a 5-member set, most runs of 1000 resamples contain one).
@@ -156,23 +145,23 @@ def set_clustering_vectorised(
     rng: np.random.Generator,
     n_null: int,
     n_boot: int,
-    pool: np.ndarray | None = None,
-    member_strata: Sequence[int] | np.ndarray | None = None,
-    pool_strata: np.ndarray | None = None,
+    null_sets: np.ndarray | None = None,
 ) -> SetClustering:
-    """``set_clustering`` with a vectorised, NaN-safe bootstrap CI (``bootstrap_within_ci``); with strata,
-    each resample is compared with its own composition's null expectation (``stratum_pair_means``)."""
+    """``set_clustering`` with a vectorised, NaN-safe bootstrap CI (``bootstrap_within_ci``).
+
+    Without ``null_sets`` the null is ``n_null`` uniformly drawn sets of the same size; with them (e.g.
+    ``magnitude_matched_sets``) it is those sets, and each resample is compared with its own composition's
+    null expectation (``slot_pair_means``: pair *i, j* of members against null members *i, j*).
+    """
     members = np.asarray(members)
-    pool = np.arange(sim.shape[0]) if pool is None else np.asarray(pool)
     observed = float(within_mean(sim, members[None, :])[0])
-    wanted = None if member_strata is None else np.asarray(member_strata, dtype=int).tolist()
-    null = within_mean(sim, random_sets(rng, pool, members.size, n_null, wanted, pool_strata))
+    matched = null_sets is not None
+    if null_sets is None:
+        null_sets = random_sets(rng, np.arange(sim.shape[0]), members.size, n_null)
+    null = within_mean(sim, null_sets)
     test = compare_to_null(observed, null)
     block = sim[np.ix_(members, members)]
-    expected: float | np.ndarray = test.null_mean
-    if wanted is not None and pool_strata is not None:
-        pair_means = stratum_pair_means(sim[np.ix_(pool, pool)], np.asarray(pool_strata))
-        expected = pair_means[np.ix_(wanted, wanted)]
+    expected: float | np.ndarray = slot_pair_means(sim, null_sets) if matched else test.null_mean
     ci = bootstrap_within_ci(block, np.arange(members.size), rng, n_boot, expected=expected)
     return SetClustering(observed, null, test, ci)
 
@@ -203,11 +192,77 @@ def bootstrap_difference_ci(
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def matched_bins(magnitude: np.ndarray, members: np.ndarray, max_bins: int, ratio: float) -> np.ndarray | None:
-    """Quantile bins of ‖ΔY‖, as many as possible (≤ ``max_bins``, ≥ 2) with no bin crowded by the set."""
-    for bins in range(max_bins, 1, -1):
-        strata = quantile_strata(magnitude, bins)
-        wanted = np.bincount(strata[members], minlength=bins)
-        if np.all(np.bincount(strata, minlength=bins) >= ratio * wanted):
-            return strata
-    return None
+def magnitude_windows(magnitude: np.ndarray, members: np.ndarray, length: int) -> np.ndarray:
+    """Per set member, knockdowns by distance from it in the ‖ΔY‖ ranking: itself, then one rank below and one
+    above, two below and two above, … (the ranks that exist), the first ``length`` of them (an ``(m, length)``
+    index array; ``length`` ≤ the number of knockdowns). Ties in ‖ΔY‖ are ranked by index."""
+    magnitude = np.asarray(magnitude, dtype=float)
+    members = np.asarray(members, dtype=int)
+    n = magnitude.size
+    order = np.argsort(magnitude, kind="stable")
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    steps = np.arange(1, n)
+    offsets = np.concatenate([[0], np.stack([-steps, steps], axis=1).ravel()])  # 0, −1, +1, −2, +2, …
+    ranks = rank[members][:, None] + offsets[None, :]
+    valid = (ranks >= 0) & (ranks < n)
+    first = np.argsort(~valid, axis=1, kind="stable")[:, :length]  # the valid ones, in offset order
+    return order[np.take_along_axis(ranks, first, axis=1)]
+
+
+def magnitude_matched_sets(
+    rng: np.random.Generator, magnitude: np.ndarray, members: np.ndarray, n_sets: int, neighbours: int
+) -> np.ndarray | None:
+    """``n_sets`` null sets matched member by member for effect magnitude (an ``(n_sets, m)`` index array).
+
+    Null member *i* is drawn uniformly from a window of the ‖ΔY‖ ranking centred on set member *i*: the member
+    and the ``neighbours`` knockdowns on either side of it, fewer near the ends of the ranking but always as
+    many below as above, so a null member is on average exactly as strong as its set member (the weakest
+    knockdown is matched with itself). The knockdown is the unit and a null set holds ``m`` distinct
+    knockdowns: members are filled in a random order per draw, and a window knockdown that the null set
+    already holds is passed over for the next nearest in rank. Unlike quantile bins there is no bin edge: a
+    member at the low end of a bin is matched with knockdowns as weak as itself, not with the whole bin. All
+    knockdowns are candidates, the set's own members included: under the null the set's labels are
+    exchangeable with those of knockdowns of the same magnitude, so the observed set is one this null can
+    draw. ``None`` when there are fewer than ``2·neighbours + m`` knockdowns.
+    """
+    members = np.asarray(members, dtype=int)
+    magnitude = np.asarray(magnitude, dtype=float)
+    m, n = members.size, magnitude.size
+    if n < 2 * neighbours + m:
+        return None
+    order = np.argsort(magnitude, kind="stable")
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    half = np.minimum(neighbours, np.minimum(rank[members], n - 1 - rank[members]))
+    width = 2 * half + 1  # per member: its symmetric window
+    windows = magnitude_windows(magnitude, members, int(width.max()) + m - 1)  # ≤ m − 1 taken at its turn
+    out = np.empty((n_sets, m), dtype=int)
+    taken = np.zeros((n_sets, n), dtype=bool)
+    rows = np.arange(n_sets)
+    order_of_slots = np.argsort(rng.random((n_sets, m)), axis=1)
+    picks = np.floor(rng.random((n_sets, m)) * width[None, :]).astype(int) + 1  # the j-th free, j in 1..width
+    for step in range(m):
+        slot = order_of_slots[:, step]
+        candidates = windows[slot]  # (n_sets, length), nearest in rank first
+        free = ~taken[rows[:, None], candidates]
+        position = np.argmax(np.cumsum(free, axis=1) >= picks[rows, slot][:, None], axis=1)
+        chosen = candidates[rows, position]
+        out[rows, slot] = chosen
+        taken[rows, chosen] = True
+    return out
+
+
+def slot_pair_means(sim: np.ndarray, null_sets: np.ndarray) -> np.ndarray:
+    """Mean similarity of null members *i* and *j* over the null sets (an ``m × m`` matrix, diagonal NaN):
+    each pair of set members' own expectation under a member-by-member matched null."""
+    null_sets = np.atleast_2d(null_sets)
+    n_sets, m = null_sets.shape
+    total = np.zeros((m, m))
+    step = max(1, CHUNK_ELEMENTS // max(1, m * m))
+    for start in range(0, n_sets, step):
+        block = null_sets[start : start + step]
+        total += sim[block[:, :, None], block[:, None, :]].sum(axis=0)
+    out = total / n_sets
+    np.fill_diagonal(out, np.nan)
+    return out

@@ -108,7 +108,7 @@ def weak_ring(n_strong: int = 30, seed: int = 5) -> tuple[np.ndarray, np.ndarray
 
 
 def ring_null_purities(k: int = 4) -> np.ndarray:
-    """Purity of every 5-subset of the ring (the exact magnitude-matched null when the ring is one bin)."""
+    """Purity of every 5-subset of the ring."""
     emb, _ = weak_ring()
     nbrs = nearest_neighbours(cosine_matrix(emb), k)
     return set_purity(nbrs, np.array(list(itertools.combinations(range(10), 5))))
@@ -124,45 +124,48 @@ def test_ring_neighbours_are_the_next_ones_on_the_ring() -> None:
 
 def test_no_effect_set_passes_uniform_but_not_magnitude_matched() -> None:
     """Five interleaved no-effect knockdowns: each has 2 of its 4 neighbours (distance 2 on the ring) in the set.
-    Against uniformly permuted labels that is far above chance (4/39); against labels permuted among the
-    equally weak knockdowns (one magnitude bin: the ring) it is ordinary (4/9 expected)."""
+    Against uniformly permuted labels that is far above chance (4/39); against null sets matched for ‖ΔY‖
+    (drawn from the equally weak ring, where every knockdown's neighbours are weak too) it is ordinary."""
     emb, magnitude = weak_ring()
-    res = purity(emb, [0, 2, 4, 6, 8], k=4, min_members=5, magnitude=magnitude, magnitude_bins=4)
+    res = purity(emb, [0, 2, 4, 6, 8], k=4, min_members=5, magnitude=magnitude)
     np.testing.assert_array_equal(res.arrays["purity"], np.full(5, 0.5))
     assert res.metrics["mean_purity"] == 0.5
-    assert res.metrics["n_magnitude_bins"] == 4
+    assert res.metrics["match_neighbours"] == 2
     assert res.metrics["null_mean_purity"] == pytest.approx(4 / 39, abs=0.02)
     assert res.metrics["p"] < 0.01 and res.metrics["z"] > 3  # the uniform null: "pure"
-    assert res.metrics["matched_null_mean_purity"] == pytest.approx(4 / 9, abs=0.01)
-    exact = ring_null_purities()
-    assert exact.mean() == pytest.approx(4 / 9)
-    assert res.metrics["p_matched"] == pytest.approx(np.mean(exact >= 0.5 - 1e-12), abs=0.04)
-    assert res.metrics["p_matched"] > 0.2  # the matched null: not pure
+    assert np.mean(res.arrays["matched_sets"] < 10) > 0.9  # matched null members: (almost all) on the ring
+    assert res.metrics["matched_null_mean_purity"] > 3 * res.metrics["null_mean_purity"]
+    assert res.metrics["p_matched"] > 0.1 and res.metrics["z_matched"] < 2  # the matched null: not pure
     assert res.metrics["delta_purity"] == pytest.approx(0.5 - res.metrics["matched_null_mean_purity"])
     assert res.inconclusive is None
-    matched = res.arrays["matched_null"]
-    assert set(np.round(matched, 6)) <= set(np.round(exact, 6))  # every null set was drawn from the ring
     lo, hi = res.cis["delta_purity"]
     assert lo <= res.metrics["delta_purity"] <= hi
 
 
-def test_contiguous_ring_arc_is_the_only_pure_configuration() -> None:
-    """An arc of five: per-member purity 2/4, 3/4, 4/4, 3/4, 2/4; only the 10 arcs of 252 subsets reach 0.7."""
+def test_contiguous_ring_arc_is_pure_unless_magnitude_explains_it() -> None:
+    """An arc of five: per-member purity 2/4, 3/4, 4/4, 3/4, 2/4; only the 10 arcs of 252 ring subsets reach 0.7.
+    With ‖ΔY‖ scrambled over the ring, the matched null draws weak knockdowns without regard to their place
+    on the ring and an arc is rare in it; when ‖ΔY‖ follows the ring (neighbours on the ring are neighbours
+    in ‖ΔY‖), null sets of knockdowns next to the members in ‖ΔY‖ are arcs too: magnitude explains it."""
     emb, magnitude = weak_ring()
-    res = purity(emb, [0, 1, 2, 3, 4], k=4, magnitude=magnitude, magnitude_bins=4, permutations=5000)
+    scrambled = magnitude.copy()
+    scrambled[:10] = np.random.default_rng(2).permutation(magnitude[:10])
+    res = purity(emb, [0, 1, 2, 3, 4], k=4, magnitude=scrambled, permutations=5000)
     np.testing.assert_array_equal(res.arrays["purity"], [0.5, 0.75, 1.0, 0.75, 0.5])
     assert res.metrics["mean_purity"] == pytest.approx(0.7)
     assert np.mean(ring_null_purities() >= 0.7 - 1e-12) == pytest.approx(10 / 252)
-    assert res.metrics["p_matched"] == pytest.approx(10 / 252, abs=0.015)
+    assert res.metrics["p_matched"] < 0.05
+    following = purity(emb, [0, 1, 2, 3, 4], k=4, magnitude=magnitude, permutations=5000)
+    assert following.metrics["p_matched"] > 0.05
+    assert following.metrics["matched_null_mean_purity"] > res.metrics["matched_null_mean_purity"]
 
 
 def test_set_with_effects_stays_pure_against_the_matched_null() -> None:
     """Magnitude matching does not remove real structure: a tight cluster beats both nulls (members' magnitudes
-    0, 7, 14, 21 of 0–23: two in each of two bins of 12)."""
+    0, 7, 14, 21 of 0–23, spread over the range)."""
     x = neighbourhood()
     magnitude = (np.arange(len(x)) * 7 % len(x)).astype(float)
-    res = purity(x, [0, 1, 2, 3], magnitude=magnitude, magnitude_bins=2)
-    assert res.metrics["n_magnitude_bins"] == 2
+    res = purity(x, [0, 1, 2, 3], magnitude=magnitude)
     assert res.metrics["mean_purity"] == 1.0
     assert res.metrics["p"] < 0.01 and res.metrics["p_matched"] < 0.01
     assert res.metrics["delta_purity"] > 0.5 and res.metrics["z_matched"] > 3
@@ -172,7 +175,7 @@ def test_set_with_effects_stays_pure_against_the_matched_null() -> None:
 
 def test_purity_matched_null_needs_room_and_matching_magnitudes() -> None:
     emb, magnitude = weak_ring(n_strong=2)
-    res = purity(emb, list(range(9)), k=2, magnitude=magnitude)  # 9 of 12: no bin has 2× spare knockdowns
+    res = purity(emb, list(range(9)), k=2, magnitude=magnitude)  # 9 of 12: 9 + 5 − 1 > 12 knockdowns
     assert res.inconclusive is not None and "too large" in res.inconclusive
     assert math.isfinite(res.metrics["p"]) and math.isnan(res.metrics["p_matched"])
     with pytest.raises(ValueError, match="magnitude has shape"):
@@ -261,3 +264,23 @@ def test_cross_model_shape_mismatch_and_too_few() -> None:
     res = cross(np.eye(4), np.eye(4))
     assert res.inconclusive is not None
     assert set(res.metrics) == set(get_probe("cross_model_cosine").metrics)
+
+
+def test_purity_attainable_p_and_minimum_effect() -> None:
+    emb, magnitude = weak_ring()
+    res = purity(emb, [0, 2, 4, 6, 8], k=4, min_members=5, magnitude=magnitude, permutations=1500)
+    assert dict(res.attainable) == {"p": 1 / 1501, "p_matched": 1 / 1501}
+    assert res.metrics["p_matched"] >= res.attainable["p_matched"]
+    without = purity(emb, [0, 2, 4, 6, 8], k=4, min_members=5, permutations=1500)  # no magnitudes: no matched test
+    assert without.attainable["p"] == 1 / 1501 and math.isnan(without.attainable["p_matched"])
+    assert get_probe("pert_neighbour_purity").min_effect == 0.1
+
+
+def test_cross_model_attainable_p_is_the_larger_floor_and_minimum_effect() -> None:
+    rng = np.random.default_rng(8)
+    a = rng.normal(size=(30, 6))
+    res = cross_model_cosine(embeddings_a=a, embeddings_b=a + 0.1 * rng.normal(size=a.shape),
+                             params=CrossModelParams(permutations=1200, rotations=300), rng=np.random.default_rng(1))
+    assert dict(res.attainable) == {"p_mismatched": 1 / 1201, "p_rotation": 1 / 301, "p": 1 / 301}
+    assert res.metrics["p"] == pytest.approx(1 / 301)  # perfect agreement sits at the floor of the coarser null
+    assert get_probe("cross_model_cosine").min_effect == 0.1
