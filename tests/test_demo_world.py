@@ -251,36 +251,96 @@ def test_sae_files() -> None:
     assert w["b_enc"].shape == (d_sae,) and w["b_dec"].shape == (d_in,)
 
 
-def test_manifest_shows_learning_and_planted_programs(manifest: dict[str, Any]) -> None:
+def _assert_learned(info: dict[str, Any]) -> None:
+    """The claims a MANIFEST makes about its models: they learned, and the planted programs are visible."""
     for name in MODELS:
-        m = manifest["models"][name]
-        assert m["final_train_loss"] < 0.8 * m["eval_train_pairs"]["control"]
-        assert m["eval_train_pairs"]["model"] < m["eval_train_pairs"]["mean_response"]
-        assert m["visibility_check"]["all_pass"], m["visibility_check"]["failed"]
-    assert manifest["sae"]["variance_explained"] > 0.8
+        m = info["models"][name]
+        assert m["final_train_loss"] < 0.8 * m["eval_train_pairs"]["control"], name
+        assert m["eval_train_pairs"]["model"] < m["eval_train_pairs"]["mean_response"], name
+        assert m["visibility_check"]["all_pass"], (name, m["visibility_check"]["failed"])
+    assert info["sae"]["variance_explained"] > 0.8
+
+
+def test_manifest_shows_learning_and_planted_programs(manifest: dict[str, Any]) -> None:
+    _assert_learned(manifest)
 
 
 # --- rebuild ---------------------------------------------------------------------------------
 
+# Largest |rebuilt - shipped| allowed for values read off the trained models, per kind of value. Measured on a
+# 2-core AMD EPYC (Zen 4, AVX-512) over four rebuilds that are equally valid draws: ATen's AVX-512 and scalar
+# (ATEN_CPU_CAPABILITY=default) kernels, and training seeds 1 and 2. Largest gap seen, then the tolerance (2x):
+TRAINED_TOLERANCE = {
+    "final_train_loss": 0.03,  # 0.0134 (kernels alone: 0.0071)
+    "cosine/planted": 0.125,  # 0.0611 (0.0314): the checked programs and the background
+    "cosine/noise": 0.16,  # 0.0757 (0.0757): no-effect, weak and never-trained programs
+    "sae/variance_explained": 0.035,  # 0.0176 (0.0043)
+}
+WEIGHT_FILES = (".ckpt", ".safetensors")
 
-def _metrics(info: dict[str, Any]) -> dict[str, float]:
+
+def _trained_values(info: dict[str, Any], shipped: dict[str, Any]) -> dict[str, tuple[float, str]]:
+    """Key -> (value, tolerance kind) of every value that depends on the trained weights."""
     out = {}
     for name, m in info["models"].items():
-        out[f"{name}/final_train_loss"] = m["final_train_loss"]
+        planted = {"background", *shipped["models"][name]["visibility_check"]["cosine_gap"]}
+        out[f"{name}/final_train_loss"] = (m["final_train_loss"], "final_train_loss")
         for key, value in m["programs_visible"]["pert_encoder_cosine"].items():
-            out[f"{name}/cosine/{key}"] = value
-    out["sae/variance_explained"] = info["sae"]["variance_explained"]
+            out[f"{name}/cosine/{key}"] = (value, "cosine/planted" if key in planted else "cosine/noise")
+    out["sae/variance_explained"] = (info["sae"]["variance_explained"], "sae/variance_explained")
     return out
+
+
+def _assert_rebuild_matches(info: dict[str, Any], manifest: dict[str, Any], exact: bool) -> None:
+    assert info["files"].keys() == manifest["files"].keys()
+    for rel, digest in manifest["files"].items():
+        if exact or not rel.endswith(WEIGHT_FILES):
+            assert info["files"][rel] == digest, rel
+    for key in ("seeds", "steps", "train", "world"):
+        assert info[key] == manifest[key], key
+    for name, shipped in manifest["models"].items():
+        fresh = info["models"][name]
+        for key in ("seed", "heldout", "heldout_knockdowns"):
+            assert fresh[key] == shipped[key], (name, key)
+        for key in ("eval_train_pairs", "eval_heldout_pairs"):  # the no-learning baselines: no weights involved
+            for baseline in ("control", "mean_response"):
+                assert fresh[key][baseline] == shipped[key][baseline], (name, key, baseline)
+        # the first 10 steps: same init, batches and loss; kernels differ by <= 3e-7, seeds 1 and 2 by 8-13%
+        assert fresh["first_train_loss"] == pytest.approx(shipped["first_train_loss"], rel=1e-5), name
+    for key in ("seed", "tokens", "steps", "l1"):
+        assert info["sae"][key] == manifest["sae"][key], key
+    _assert_learned(info)
+    fresh_values, shipped_values = _trained_values(info, manifest), _trained_values(manifest, manifest)
+    assert fresh_values.keys() == shipped_values.keys()
+    rows = [(key, fresh_values[key][0], value, 0.0 if exact else TRAINED_TOLERANCE[kind])
+            for key, (value, kind) in shipped_values.items()]
+    report = "\n".join(f"{key}: {new:.4f} vs shipped {old:.4f} (gap {new - old:+.4f}, tolerance {tol})"
+                        for key, new, old, tol in rows)
+    assert all(abs(new - old) <= tol for _, new, old, tol in rows), report
 
 
 @pytest.mark.skipif(os.environ.get("HYPOCHECK_SKIP_REBUILD") == "1", reason="HYPOCHECK_SKIP_REBUILD=1")
 def test_rebuild_matches_manifest(tmp_path: Path, manifest: dict[str, Any]) -> None:
+    """Rebuilding from the manifest's seeds and config reproduces the demo artifacts.
+
+    Exact, on any CPU: every file but the trained weights (worlds, truth, run configs, maps), the seeds and
+    held-out knockdowns, the no-learning baselines, and the start of training (``first_train_loss``).
+
+    Not exact across CPUs: the trained weights and what is read off them. Training is deterministic on one
+    machine (two rebuilds, and 1 vs 2 torch threads, give identical bytes; MKL's instruction set has no
+    effect), but ATen picks its vectorized kernels by CPU (``torch.backends.cpu.get_cpu_capability()``), and
+    AVX2 vs AVX-512 kernels round differently: the very first loss differs by ~1e-7 (relative), and over 1000
+    Adam steps that grows until the model is as far from the shipped one as a model trained from another seed
+    (e.g. fewshot proteasome cosine 0.4204 vs 0.4390; zeroshot proteasome 0.3291 vs 0.3851). These values are
+    therefore compared with ``TRAINED_TOLERANCE``, measured over such rebuilds; a broken training is still far
+    outside it (300 steps or a 10x smaller lr: final loss off by 0.25, planted cosines by 0.26), and the
+    rebuilt models must still make the manifest's claims (``_assert_learned``).
+
+    The shipped artifacts were built with AVX2 kernels: with ``ATEN_CPU_CAPABILITY=avx2`` (on an AVX-512
+    AMD EPYC) the rebuild is byte-identical, weights included. ``HYPOCHECK_REBUILD_EXACT=1`` demands that.
+    """
     from hypocheck.fixtures.demo.build import build
     from hypocheck.fixtures.demo.train import TrainConfig
 
     info = build(tmp_path, manifest["seeds"]["world"], TrainConfig(**manifest["train"]))
-    assert info["files"]["world/truth.json"] == manifest["files"]["world/truth.json"]
-    fresh, shipped_metrics = _metrics(info), _metrics(manifest)
-    assert fresh.keys() == shipped_metrics.keys()
-    for key, value in shipped_metrics.items():
-        assert fresh[key] == pytest.approx(value, rel=0.02, abs=0.01), key
+    _assert_rebuild_matches(info, manifest, exact=os.environ.get("HYPOCHECK_REBUILD_EXACT") == "1")
