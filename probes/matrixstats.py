@@ -371,3 +371,116 @@ def adjusted_rand_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     maximum = (sum_a + sum_b) / 2
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(maximum != expected, (index - expected) / (maximum - expected), 1.0)
+
+
+# ---------------------------------------------------------------- partial Mantel: coherence beyond input proximity
+
+
+def proximity_basis(proximity: np.ndarray, degree: int) -> np.ndarray:
+    """``(pairs, degree + 1)`` polynomial basis ``1, z, …, z^degree`` of the standardised proximity ``z`` (one
+    value per pair): what "explained by proximity" means (``degree`` 1: the linear partial Mantel)."""
+    z = np.asarray(proximity, dtype=float)
+    sd = z.std()
+    zs = (z - z.mean()) / sd if sd > 0 else np.zeros_like(z)
+    return np.column_stack([zs**k for k in range(degree + 1)])
+
+
+def _partial_from_moments(moments: np.ndarray, p: int) -> np.ndarray:
+    """Partial correlation of the last two columns given the first ``p`` (an intercept among them), from
+    their cross-product matrices ``(..., p + 2, p + 2)``: the correlation of the two residual vectors."""
+    a, b, c = moments[..., :p, :p], moments[..., :p, p:], moments[..., p:, p:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = c - np.swapaxes(b, -1, -2) @ np.linalg.solve(a, b)
+        var = resid[..., 0, 0] * resid[..., 1, 1]
+        return np.where(var > 0, resid[..., 0, 1] / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+
+
+def _leave_one_out_partial(columns: np.ndarray, n: int, p: int) -> np.ndarray:
+    """Leave-one-knockdown-out partial correlations (``(n,)``) of pair columns ``(pairs, p + 2)``: all pairs'
+    cross products minus those of the pairs of knockdown ``m`` (exact for the regression refitted without
+    them)."""
+    q = columns.shape[1]
+    full = np.zeros((n, n, q))
+    i, j = np.triu_indices(n, 1)
+    full[i, j] = columns
+    full[j, i] = columns
+    total = columns.T @ columns
+    own = np.einsum("mjq,mjr->mqr", full, full)
+    return _partial_from_moments(total[None] - own, p)
+
+
+def _residuals(values: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    beta, *_ = np.linalg.lstsq(basis, values, rcond=None)
+    return values - basis @ beta
+
+
+@dataclass(frozen=True)
+class PartialMantel:
+    """Correlation of two similarity matrices beyond what a third (input proximity) explains, and its test.
+
+    ``pearson`` / ``spearman``: correlation of the residuals of both upper
+    triangles after regressing each on a polynomial in the proximity (Spearman:
+    of the ranks, on the rank of proximity); ``p_pearson`` / ``p_spearman``:
+    one-sided, KD labels of the first residual matrix permuted; ``se_*``:
+    corrected leave-one-knockdown-out jackknife (the regression refitted at
+    every leave-out; Spearman's ranks kept from the full sample);
+    ``proximity_x`` / ``proximity_y``: Pearson r of each triangle with the
+    proximity itself."""
+
+    pearson: float
+    spearman: float
+    p_pearson: float
+    p_spearman: float
+    se_pearson: float
+    se_spearman: float
+    proximity_x: float
+    proximity_y: float
+    null_pearson: np.ndarray
+
+
+def partial_mantel(
+    x_sim: np.ndarray, y_sim: np.ndarray, proximity: np.ndarray, rng: np.random.Generator, permutations: int,
+    degree: int = 3,
+) -> PartialMantel:
+    """Partial Mantel test of ``x_sim`` against ``y_sim`` controlling for ``proximity`` (all ``(n, n)``).
+
+    Both upper triangles are residualised on ``proximity_basis`` (degree
+    ``degree``); the statistic is the Pearson r of the residuals (Spearman: the
+    same on ranks). The null permutes the knockdown labels of the residual
+    matrix of ``x`` (Smouse, Long & Sokal 1986; Legendre 2000), so pairs sharing
+    a knockdown stay dependent, as in ``mantel``. It tests the association that
+    proximity does not explain: where similar inputs give similar Jacobians
+    *and* similar ΔY, the plain Mantel r is positive without any routing, and
+    this one is not. It assumes the proximity captures how both similarities
+    depend on the inputs: structure shared beyond it (e.g. a Jacobian field
+    that changes faster along some input directions than others) is not
+    removed (``hypocheck.probes.calibration.routing`` reports its false-positive rate on
+    smooth Jacobian fields).
+    """
+    n = x_sim.shape[0]
+    nan = float("nan")
+    x, y, z = upper(x_sim), upper(y_sim), upper(proximity)
+    if not (np.ptp(x) > 0 and np.ptp(y) > 0 and np.ptp(z) > 0):
+        return PartialMantel(nan, nan, nan, nan, nan, nan, nan, nan, np.array([]))
+    prox_x, prox_y = float(np.corrcoef(x, z)[0, 1]), float(np.corrcoef(y, z)[0, 1])
+    cols = {"pearson": (proximity_basis(z, degree), x, y),
+            "spearman": (proximity_basis(stats.rankdata(z), degree), stats.rankdata(x), stats.rankdata(y))}
+    estimates, ses, residual_mats = {}, {}, []
+    for name, (basis, a, b) in cols.items():
+        ra, rb = _residuals(a, basis), _residuals(b, basis)
+        sa, sb = _standardised(ra), _standardised(rb)
+        estimates[name] = float(np.sum(sa * sb)) if np.all(np.isfinite(sa) & np.isfinite(sb)) else nan
+        xa, yb = _symmetric_from_upper(sa, n), _symmetric_from_upper(sb, n)
+        residual_mats.append((xa, yb))
+        leave_out = _leave_one_out_partial(np.column_stack([basis, a, b]), n, basis.shape[1])
+        ses[name] = jackknife_se(leave_out, pair_influence(xa, yb)[0])
+    if not all(np.isfinite(v) for v in estimates.values()):
+        return PartialMantel(estimates["pearson"], estimates["spearman"], nan, nan, ses["pearson"],
+                             ses["spearman"], prox_x, prox_y, np.array([]))
+    perms = np.argsort(rng.random((permutations, n)), axis=1)
+    xs = np.stack([m[0] for m in residual_mats])
+    ys = np.stack([m[1] for m in residual_mats])
+    null = permuted_dots(xs, ys, perms) / 2
+    ps = [upper_p(estimates[name], null[:, k]) for k, name in enumerate(cols)]
+    return PartialMantel(estimates["pearson"], estimates["spearman"], ps[0], ps[1], ses["pearson"], ses["spearman"],
+                         prox_x, prox_y, null[:, 0])

@@ -6,7 +6,12 @@ For every knockdown ``k``: ``ΔY_k`` (its cell-averaged output change) and
 triangles of the Jacobian cosine matrix and the ΔY cosine matrix (Pearson and
 Spearman, NB07), tested by a Mantel permutation (KD labels of one matrix are
 permuted: pairs sharing a knockdown are not independent, so the knockdown is
-the unit). ΔY is clustered by Ward on cosine distance (Ward on the
+the unit). Since ``J_k`` is taken at ``r_k`` and ``ΔY_k ≈ J̄ (r_k − r_ctrl)``,
+knockdowns with nearby pert representations have similar Jacobians and similar
+ΔY with no routing at all; the routing claim is therefore judged beyond input
+proximity, by the partial Mantel test (both triangles residualised on a
+polynomial in ``−‖r_a − r_b‖``, KD labels of the Jacobian residuals permuted),
+the plain figure reported beside it. ΔY is clustered by Ward on cosine distance (Ward on the
 L2-normalised rows, ``‖a − b‖² = 2(1 − cos)``); the same- vs different-cluster
 Jacobian similarity ratio and the ARI between the Jacobian and the ΔY
 clusterings are tested by permuting cluster labels over knockdowns. CIs
@@ -21,6 +26,7 @@ that are different knockdowns).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +39,7 @@ from hypocheck.registry import ProbeResult, probe
 
 from .matrixstats import (
     Mantel,
+    PartialMantel,
     adjusted_rand_rows,
     bootstrap_draw_counts,
     correlation_ses,
@@ -40,6 +47,7 @@ from .matrixstats import (
     fisher_ci,
     gram_embedding,
     mantel,
+    partial_mantel,
     percentile_ci,
     permuted_dots,
     svd_share,
@@ -105,6 +113,9 @@ class RoutingParams(BaseModel):
     bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples of knockdowns for the cluster-ratio CI.")
     svd_components: int = Field(10, ge=1, description="Top singular values: their share of the squared total.")
     min_kds: int = Field(10, ge=3, description="Fewer selected knockdowns than this → inconclusive.")
+    proximity_degree: int = Field(
+        3, ge=1, le=6, description="Degree of the polynomial in input proximity (−‖r_a − r_b‖) that both similarity "
+                                   "triangles are residualised on for the partial Mantel test (1: linear).")
 
 
 class DifferenceParams(RoutingParams):
@@ -126,13 +137,19 @@ class StabilityParams(BaseModel):
 
 
 ROUTING_METRICS = (
-    "n_kds", "n_clusters", "pearson", "spearman", "p_pearson", "p_spearman", "same_cluster_similarity",
-    "diff_cluster_similarity", "same_diff_ratio", "p_ratio", "ari", "p_ari", "svd_share", "n_zero_norm",
+    "n_kds", "n_clusters", "partial_pearson", "partial_spearman", "p_partial", "p_partial_spearman",
+    "proximity_jacobian_r", "proximity_delta_r", "pearson", "spearman", "p_pearson", "p_spearman",
+    "same_cluster_similarity", "diff_cluster_similarity", "same_diff_ratio", "p_ratio", "ari", "p_ari", "svd_share",
+    "n_zero_norm",
 )
 DIFFERENCE_METRICS = (
     "pearson_a", "pearson_b", "spearman_a", "spearman_b", "difference", "spearman_difference", "p_difference",
-    "p_spearman_difference", "p_a", "p_b", "n_kds_a", "n_kds_b",
+    "p_spearman_difference", "p_a", "p_b", "partial_a", "partial_b", "partial_difference", "p_partial_difference",
+    "p_partial_a", "p_partial_b", "n_kds_a", "n_kds_b",
 )
+MIN_PARTIAL_R = 0.1
+"""Default minimum effect of a routing presence claim, on ``partial_pearson``: r = 0.1, the conventional 'small'
+correlation (1 % of the variance of the pair similarities), a floor fixed before any data."""
 STABILITY_METRICS = (
     "agreement", "agreement_min", "relative_change", "pearson", "spearman", "p_pearson", "p_spearman", "n_kds",
     "n_zero_norm",
@@ -154,20 +171,37 @@ class RoutingSelection:
     gram: np.ndarray  # selected × selected inner-product Gram
     n_zero_norm: int
     n_clusters: int
+    proximity: np.ndarray  # selected × selected −‖r_a − r_b‖ of the pert representations
+
+
+def proximity_matrix(pert_repr: np.ndarray) -> np.ndarray:
+    """``−‖r_a − r_b‖`` for every pair of pert representations (rows of ``pert_repr``): input proximity."""
+    reps = np.asarray(pert_repr, dtype=np.float64)
+    sq = np.sum(reps**2, axis=1)
+    dist2 = np.clip(sq[:, None] + sq[None, :] - 2 * reps @ reps.T, 0.0, None)
+    np.fill_diagonal(dist2, 0.0)
+    return -np.sqrt(dist2)
 
 
 def select_routing(
-    delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], params: RoutingParams
+    delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], params: RoutingParams,
+    pert_repr: np.ndarray,
 ) -> RoutingSelection:
     """Cluster ΔY (Ward, cosine) over all KDs; drop KDs with a zero-norm Jacobian; select ('top' or 'all')."""
     delta_y = np.asarray(delta_y, dtype=np.float64)
     gram = np.asarray(jacobian_gram, dtype=np.float64)
+    reps = np.asarray(pert_repr, dtype=np.float64)
     if delta_y.ndim != 2 or gram.shape != (delta_y.shape[0], delta_y.shape[0]):
         raise ValueError(f"delta_y {delta_y.shape} and jacobian_gram {gram.shape} do not describe the same KDs")
+    if reps.ndim != 2 or reps.shape[0] != delta_y.shape[0]:
+        raise ValueError(f"pert_repr {reps.shape} does not hold one representation per knockdown "
+                         f"({delta_y.shape[0]})")
     if len(names) != delta_y.shape[0]:
         raise ValueError(f"{len(names)} names for {delta_y.shape[0]} knockdowns")
     if not np.all(np.isfinite(delta_y)):
         raise ValueError("delta_y holds non-finite entries")
+    if not np.all(np.isfinite(reps)):
+        raise ValueError("pert_repr holds non-finite entries")
     jac_sim, zero = cosine_from_gram(gram)
     unit = unit_rows(delta_y)
     clusters = ward_labels(unit, params.n_clusters)
@@ -186,7 +220,7 @@ def select_routing(
     return RoutingSelection(
         index=index, clusters=clusters[index], magnitude=magnitude[index], jacobian_similarity=jac_sim[block],
         delta_y_similarity=(unit @ unit.T)[block], gram=gram[block], n_zero_norm=int(zero.sum()),
-        n_clusters=int(np.unique(clusters).size),
+        n_clusters=int(np.unique(clusters).size), proximity=proximity_matrix(reps[index]),
     )
 
 
@@ -250,23 +284,47 @@ def cluster_stats(
 
 @dataclass(frozen=True)
 class Coherence:
-    """Routing coherence of one set of knockdowns: Mantel correlations and their corrected-jackknife SEs."""
+    """Routing coherence of one set of knockdowns: Mantel correlations and their corrected-jackknife SEs, and
+    (with the inputs' proximity) the partial Mantel correlations beyond proximity."""
 
     mantel: Mantel
     se_pearson: float
     se_spearman: float
     df: int  # K − 1, for the t quantiles
+    partial: PartialMantel | None = None
+    permutations: int = 0
 
     def cis(self) -> dict[str, tuple[float, float]]:
-        """Fisher-z CIs of ``pearson`` and ``spearman`` (t quantile with K − 1 degrees of freedom)."""
-        return {"pearson": fisher_ci(self.mantel.pearson, self.se_pearson, self.df),
-                "spearman": fisher_ci(self.mantel.spearman, self.se_spearman, self.df)}
+        """Fisher-z CIs of ``pearson`` and ``spearman`` (and of the partial ones), t quantile with K − 1 df."""
+        cis = {"pearson": fisher_ci(self.mantel.pearson, self.se_pearson, self.df),
+               "spearman": fisher_ci(self.mantel.spearman, self.se_spearman, self.df)}
+        if self.partial is not None:
+            cis |= {"partial_pearson": fisher_ci(self.partial.pearson, self.partial.se_pearson, self.df),
+                    "partial_spearman": fisher_ci(self.partial.spearman, self.partial.se_spearman, self.df)}
+        return cis
+
+    @property
+    def floor(self) -> float:
+        """Smallest p a KD-label permutation test of these knockdowns can attain: ``1/(P + 1)`` for ``P``
+        permutations, and never below ``1/K!`` (the number of distinct relabellings)."""
+        return permutation_floor(self.permutations, self.df + 1)
 
 
-def coherence(jac_sim: np.ndarray, dy_sim: np.ndarray, rng: np.random.Generator, permutations: int) -> Coherence:
-    """Mantel test and corrected KD jackknife SEs of the correlation between Jacobian and ΔY cosine."""
+def permutation_floor(permutations: int, n_units: int) -> float:
+    """``max(1/(P + 1), 1/n!)``: the smallest p of a Monte Carlo permutation test over ``n`` exchangeable units."""
+    distinct = math.factorial(n_units) if n_units <= 20 else math.inf
+    return max(1.0 / (permutations + 1), 1.0 / distinct)
+
+
+def coherence(
+    jac_sim: np.ndarray, dy_sim: np.ndarray, rng: np.random.Generator, permutations: int,
+    proximity: np.ndarray | None = None, degree: int = 3,
+) -> Coherence:
+    """Mantel test and corrected KD jackknife SEs of the correlation between Jacobian and ΔY cosine; with
+    ``proximity``, the partial Mantel test of the same beyond input proximity."""
+    partial = None if proximity is None else partial_mantel(jac_sim, dy_sim, proximity, rng, permutations, degree)
     return Coherence(mantel(jac_sim, dy_sim, rng, permutations), *correlation_ses(jac_sim, dy_sim),
-                     df=jac_sim.shape[0] - 1)
+                     df=jac_sim.shape[0] - 1, partial=partial, permutations=permutations)
 
 
 def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
@@ -281,39 +339,59 @@ def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
     inputs=RoutingInputs,
     axes=("model", "cell_line"),
     metrics=ROUTING_METRICS,
-    effect="pearson",
-    p="p_pearson",
+    effect="partial_pearson",
+    p="p_partial",
+    min_effect=MIN_PARTIAL_R,
 )
 def routing_coherence(
-    *, delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], params: RoutingParams,
-    rng: np.random.Generator,
+    *, delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], pert_repr: np.ndarray,
+    params: RoutingParams, rng: np.random.Generator,
 ) -> ProbeResult:
-    """Correlation of Jacobian and ΔY cosine similarities over knockdowns, with cluster ratio, ARI and SVD share.
+    """Correlation of Jacobian and ΔY cosine similarities over knockdowns beyond input proximity, beside the plain one.
 
     ``delta_y`` is (K, G) cell-averaged ΔY per knockdown, ``jacobian_gram`` the
     (K, K) inner-product Gram ``⟨J_a, J_b⟩_F`` of ``J_k = ∂Ȳ/∂r`` at ``r_k``,
-    ``names`` the K knockdowns. ΔY is Ward-clustered (cosine) over all K; KDs
-    with a zero-norm Jacobian are dropped (``n_zero_norm``); ``selection``
-    'top' keeps the ``top_per_cluster`` largest-‖ΔY‖ KDs per cluster. Effect:
-    ``pearson`` of the upper triangles (``spearman`` beside it), one-sided
-    Mantel p; their CIs are Fisher-z intervals with the corrected
+    ``pert_repr`` the (K, H) pert representations ``r_k``, ``names`` the K
+    knockdowns. ΔY is Ward-clustered (cosine) over all K; KDs with a zero-norm
+    Jacobian are dropped (``n_zero_norm``); ``selection`` 'top' keeps the
+    ``top_per_cluster`` largest-‖ΔY‖ KDs per cluster.
+
+    Effect: ``partial_pearson``, the routing coherence that input proximity
+    does not explain. Nearby inputs have nearby Jacobians, and (ΔY ≈ J̄ (r_k −
+    r_ctrl)) nearby ΔY, so the plain correlation is positive without any
+    routing; the partial Mantel test residualises both similarity triangles on
+    a degree-``proximity_degree`` polynomial in the proximity ``−‖r_a − r_b‖``
+    and correlates the residuals (``partial_spearman``: on ranks), one-sided p
+    by permuting the KD labels of the Jacobian residual matrix (``p_partial``,
+    ``p_partial_spearman``). ``proximity_jacobian_r`` / ``proximity_delta_r``:
+    Pearson r of each similarity with proximity. The plain figure beside it:
+    ``pearson`` / ``spearman`` of the upper triangles with one-sided Mantel p.
+    All four correlations carry Fisher-z CIs with the corrected
     leave-one-knockdown-out jackknife SE and a t quantile (K − 1 df).
     ``same_diff_ratio``: mean Jacobian cosine of same- over different-ΔY-cluster
     pairs, ``p_ratio`` by cluster-label permutation, CI by KD bootstrap;
     ``ari``: Ward clusters of the Jacobians vs of ΔY, ``p_ari`` by label
     permutation; ``svd_share``: top ``svd_components`` squared singular values
-    of the stacked selected Jacobians over their total.
+    of the stacked selected Jacobians over their total. Every p is a
+    permutation p, attainable down to ``1/(permutations + 1)``. Default minimum
+    effect of a presence claim: partial r 0.1 (``MIN_PARTIAL_R``).
     """
-    sel = select_routing(delta_y, jacobian_gram, names, params)
+    sel = select_routing(delta_y, jacobian_gram, names, params, pert_repr)
     n = int(sel.index.size)
     base = dict.fromkeys(ROUTING_METRICS, float("nan")) | {
         "n_kds": n, "n_clusters": sel.n_clusters, "n_zero_norm": sel.n_zero_norm}
     reason = _too_few(n, params)
     if reason is not None:
         return ProbeResult(metrics=base, inconclusive=reason)
-    coh = coherence(sel.jacobian_similarity, sel.delta_y_similarity, rng, params.permutations)
+    coh = coherence(sel.jacobian_similarity, sel.delta_y_similarity, rng, params.permutations, sel.proximity,
+                    params.proximity_degree)
     clus = cluster_stats(sel.jacobian_similarity, sel.clusters, params.n_clusters, rng, params)
+    part = coh.partial
+    assert part is not None
     metrics = base | {
+        "partial_pearson": part.pearson, "partial_spearman": part.spearman, "p_partial": part.p_pearson,
+        "p_partial_spearman": part.p_spearman, "proximity_jacobian_r": part.proximity_x,
+        "proximity_delta_r": part.proximity_y,
         "pearson": coh.mantel.pearson, "spearman": coh.mantel.spearman, "p_pearson": coh.mantel.p_pearson,
         "p_spearman": coh.mantel.p_spearman, "same_cluster_similarity": clus.same,
         "diff_cluster_similarity": clus.diff, "same_diff_ratio": clus.ratio, "p_ratio": clus.p_ratio,
@@ -326,9 +404,12 @@ def routing_coherence(
     })
     arrays = {"similarity": sel.jacobian_similarity, "groups": sel.clusters,
               "jacobian": upper(sel.jacobian_similarity), "delta_y": upper(sel.delta_y_similarity),
-              "observed": np.array([coh.mantel.pearson])}
-    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=coh.mantel.null_pearson,
-                       tables={"knockdowns": table})
+              "proximity": upper(sel.proximity), "observed": np.array([part.pearson])}
+    floor = coh.floor
+    attainable = dict.fromkeys(("p_partial", "p_partial_spearman", "p_pearson", "p_spearman", "p_ratio", "p_ari"),
+                               floor)
+    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=part.null_pearson,
+                       tables={"knockdowns": table}, attainable=attainable)
 
 
 @probe(
@@ -341,8 +422,8 @@ def routing_coherence(
     p="p_difference",
 )
 def routing_coherence_difference(
-    *, delta_y_a: np.ndarray, jacobian_gram_a: np.ndarray, names_a: Sequence[str],
-    delta_y_b: np.ndarray, jacobian_gram_b: np.ndarray, names_b: Sequence[str],
+    *, delta_y_a: np.ndarray, jacobian_gram_a: np.ndarray, names_a: Sequence[str], pert_repr_a: np.ndarray,
+    delta_y_b: np.ndarray, jacobian_gram_b: np.ndarray, names_b: Sequence[str], pert_repr_b: np.ndarray,
     params: DifferenceParams, rng: np.random.Generator,
 ) -> ProbeResult:
     """Routing coherence of model A minus model B ("a backbone property": fewshot and zeroshot alike).
@@ -362,36 +443,51 @@ def routing_coherence_difference(
     measures the CI coverage and the test's FPR under equal coherence and its
     power (the plain jackknife and the KD bootstrap it replaced overstate the
     spread about 1.2–1.3× and 1.4–1.5×). ``p_a`` / ``p_b``: each model's
-    one-sided Mantel p for its own coherence. With ``equivalence_margin`` m,
-    a CI that covers 0 yet reaches past ± m is inconclusive: such data could
-    not have shown the models alike.
+    one-sided Mantel p for its own coherence. The same beyond input proximity
+    (``pert_repr_a`` / ``pert_repr_b``, as in ``routing_coherence``):
+    ``partial_a`` / ``partial_b`` (partial Pearson r, Fisher-z CIs),
+    ``partial_difference`` with its CI and two-sided ``p_partial_difference``
+    (same Welch construction), ``p_partial_a`` / ``p_partial_b`` (partial
+    Mantel). With ``equivalence_margin`` m, a CI of ``difference`` that covers
+    0 yet reaches past ± m is inconclusive: such data could not have shown the
+    models alike. A claim of equivalence has no minimum effect.
     """
-    sel_a = select_routing(delta_y_a, jacobian_gram_a, names_a, params)
-    sel_b = select_routing(delta_y_b, jacobian_gram_b, names_b, params)
+    sel_a = select_routing(delta_y_a, jacobian_gram_a, names_a, params, pert_repr_a)
+    sel_b = select_routing(delta_y_b, jacobian_gram_b, names_b, params, pert_repr_b)
     metrics = dict.fromkeys(DIFFERENCE_METRICS, float("nan")) | {
         "n_kds_a": sel_a.index.size, "n_kds_b": sel_b.index.size}
     reasons = [f"model {which}: {r}" for which, sel in (("A", sel_a), ("B", sel_b))
                if (r := _too_few(int(sel.index.size), params)) is not None]
     if reasons:
         return ProbeResult(metrics=metrics, inconclusive="; ".join(reasons))
-    a = coherence(sel_a.jacobian_similarity, sel_a.delta_y_similarity, rng, params.permutations)
-    b = coherence(sel_b.jacobian_similarity, sel_b.delta_y_similarity, rng, params.permutations)
+    a, b = (coherence(sel.jacobian_similarity, sel.delta_y_similarity, rng, params.permutations, sel.proximity,
+                      params.proximity_degree) for sel in (sel_a, sel_b))
+    assert a.partial is not None and b.partial is not None
     diff = welch_difference(a.mantel.pearson, a.se_pearson, a.df, b.mantel.pearson, b.se_pearson, b.df)
     spearman = welch_difference(a.mantel.spearman, a.se_spearman, a.df, b.mantel.spearman, b.se_spearman, b.df)
+    partial = welch_difference(a.partial.pearson, a.partial.se_pearson, a.df, b.partial.pearson,
+                               b.partial.se_pearson, b.df)
     metrics |= {
         "pearson_a": a.mantel.pearson, "pearson_b": b.mantel.pearson, "spearman_a": a.mantel.spearman,
         "spearman_b": b.mantel.spearman, "difference": diff.estimate, "spearman_difference": spearman.estimate,
         "p_difference": diff.p, "p_spearman_difference": spearman.p,
         "p_a": a.mantel.p_pearson, "p_b": b.mantel.p_pearson,
+        "partial_a": a.partial.pearson, "partial_b": b.partial.pearson, "partial_difference": partial.estimate,
+        "p_partial_difference": partial.p, "p_partial_a": a.partial.p_pearson, "p_partial_b": b.partial.p_pearson,
     }
-    cis = {"difference": diff.ci, "spearman_difference": spearman.ci} | {
-        f"{metric}_{which}": ci for which, coh in (("a", a), ("b", b)) for metric, ci in coh.cis().items()}
+    cis = {"difference": diff.ci, "spearman_difference": spearman.ci, "partial_difference": partial.ci} | {
+        f"{metric}_{which}": ci for which, coh in (("a", a), ("b", b)) for metric, ci in coh.cis().items()
+        if metric in ("pearson", "spearman")} | {
+        "partial_a": a.cis()["partial_pearson"], "partial_b": b.cis()["partial_pearson"]}
     low, high = cis["difference"]
     margin = params.equivalence_margin
     undecided = margin is not None and low <= 0 <= high and (low < -margin or high > margin)
     reason = (f"the difference's CI [{low:.3g}, {high:.3g}] covers 0 but reaches past ± {margin:g}: these data "
               "cannot tell the models alike from different" if undecided else None)
-    return ProbeResult(metrics=metrics, cis=cis, inconclusive=reason)
+    # t-test p-values are continuous (no floor); the Mantel p's floor is set by each model's permutations
+    attainable = {"p_difference": 0.0, "p_spearman_difference": 0.0, "p_partial_difference": 0.0,
+                  "p_a": a.floor, "p_b": b.floor, "p_partial_a": a.floor, "p_partial_b": b.floor}
+    return ProbeResult(metrics=metrics, cis=cis, inconclusive=reason, attainable=attainable)
 
 
 def _row_cosines(jacobians: np.ndarray, flat_ref: np.ndarray) -> np.ndarray:
@@ -427,7 +523,11 @@ def routing_stability(
     at either setting are left out (``n_zero_norm``). ``curve`` (NB10): held
     Jacobians of the same KDs at several cell counts S; each KD's cosine with
     the reference at every S becomes ``arrays['convergence']`` (counts × KDs)
-    beside ``arrays['cell_counts']``, drawn as the convergence curve.
+    beside ``arrays['cell_counts']``, drawn as the convergence curve. The Mantel
+    p's floor is ``1/(permutations + 1)``. No default minimum effect: the effect
+    (agreement) is judged against a stated level (``agreement_ci_low >= 0.9``),
+    not by a presence test; a hypothesis that tests ``p_pearson`` names its own
+    ``effect:`` and ``min_effect:``.
     """
     held = np.asarray(jacobians, dtype=np.float64)
     ref = np.asarray(reference_jacobians, dtype=np.float64)
@@ -447,9 +547,11 @@ def routing_stability(
         counts = sorted(curve)
         arrays |= {"cell_counts": np.asarray(counts, dtype=float),
                    "convergence": np.stack([_row_cosines(curve[s], flat_ref) for s in counts])}
+    floor = permutation_floor(params.permutations, n)
+    attainable = {"p_pearson": floor, "p_spearman": floor}
     reason = _too_few(n, params)
     if reason is not None:
-        return ProbeResult(metrics=metrics, arrays=arrays, inconclusive=reason)
+        return ProbeResult(metrics=metrics, arrays=arrays, inconclusive=reason, attainable=attainable)
     gram = flat[keep] @ flat[keep].T
     jac_sim, _ = cosine_from_gram(gram)
     dy_sim = cosine_matrix(dy[keep])
@@ -461,4 +563,4 @@ def routing_stability(
     }
     cis = {"agreement": bootstrap_mean_ci(agreement, rng, params.bootstrap)} | coh.cis()
     arrays |= {"jacobian": upper(jac_sim), "delta_y": upper(dy_sim)}
-    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays)
+    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, attainable=attainable)

@@ -57,6 +57,11 @@ class TargetedParams(BaseModel):
     bootstrap: int = Field(1000, ge=99, description="Bootstrap resamples (each group resampled) for the CI.")
 
 
+MIN_DERIVATIVE_DIFFERENCE = 0.01
+"""Default minimum effect of a presence claim on ``difference`` (dimensionless derivative, output per input
+expression): 1 % of the regulator's change."""
+
+
 def min_attainable_p(n_a: int, n_b: int) -> float:
     """Smallest one-sided exact Mann–Whitney p for groups of these sizes: 1 / C(n_a + n_b, n_a)."""
     return 1.0 / math.comb(n_a + n_b, n_a)
@@ -85,6 +90,7 @@ def _pair_mask(regulators: Sequence[str], targets: Sequence[str], pairs: list[tu
     metrics=TARGETED_METRICS,
     effect="difference",
     p="p",
+    min_effect=MIN_DERIVATIVE_DIFFERENCE,
 )
 def targeted_jacobian(
     *, derivatives: np.ndarray, kd_names: Sequence[str], concordant: Sequence[int], control: Sequence[int],
@@ -100,7 +106,16 @@ def targeted_jacobian(
     group resampled); ``p``: one-sided U test concordant > control (exact for
     small groups without ties); ``rank_biserial`` = 2U / (n₁n₂) − 1. When even
     a complete separation could not reach ``alpha`` with these group sizes
-    (e.g. 2 vs 2: p ≥ 1/6), the result is inconclusive.
+    (e.g. 2 vs 2: p ≥ 1/6), the result is inconclusive. The smallest
+    attainable p, ``1/C(n₁ + n₂, n₁)`` (``min_attainable_p``), is declared for
+    ``p`` so that the engine also judges it after correcting for the claim's
+    cases. Default minimum effect 0.01 (``MIN_DERIVATIVE_DIFFERENCE``): input
+    and output are on one expression scale (the state models map expression
+    to expression), so the derivative is dimensionless, the share of a change
+    in the regulator's input that reaches the target's output; a knockdown
+    that moves that share by less than 1 % of the regulator's change is not a
+    modulation worth claiming. A model on other scales sets its own with
+    ``min_effect:``.
     """
     deriv = np.asarray(derivatives, dtype=np.float64)
     if deriv.ndim != 3 or deriv.shape[1:] != (len(regulators), len(targets)):
@@ -151,4 +166,5 @@ def targeted_jacobian(
     })
     per_kd_table = pd.DataFrame({"knockdown": list(kd_names), "group": group, "value": per_kd})
     return ProbeResult(metrics=metrics, cis=cis, arrays={"per_kd": per_kd},
-                       tables={"derivatives": table, "per_knockdown": per_kd_table}, inconclusive=reason)
+                       tables={"derivatives": table, "per_knockdown": per_kd_table}, inconclusive=reason,
+                       attainable={"p": floor} if n_x and n_y else {})

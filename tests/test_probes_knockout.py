@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from hypocheck.probes.knockout import KnockoutTransferParams, knockout_transfer, rowwise_spearman
+from hypocheck.probes.knockout import (
+    MIN_SPEARMAN,
+    KnockoutTransferParams,
+    group_test_floor,
+    knockout_transfer,
+    rowwise_spearman,
+)
 from hypocheck.registry import get_probe
 
 A = np.array([1.0, 2, 3, 4])
@@ -72,6 +78,7 @@ def test_shared_regulators_transfer_better() -> None:
     rho = rowwise_spearman(a, b)
     assert res.metrics["shared_minus_specific"] == pytest.approx(rho[:6].mean() - rho[6:].mean())
     assert res.metrics["p_shared_minus_specific"] == pytest.approx(1 / 924)  # exact: the best of C(12, 6) splits
+    assert res.attainable == {"p_shared_minus_specific": pytest.approx(1 / 924)}  # what it reached is its floor
     lo, hi = res.cis["shared_minus_specific"]
     assert 0.5 < lo < res.metrics["shared_minus_specific"] < hi
     assert list(res.tables["spearman"].group[:7]) == ["shared"] * 6 + ["specific"]
@@ -92,3 +99,24 @@ def test_rejects_misaligned_inputs() -> None:
     with pytest.raises(ValueError, match="gene names"):
         knockout_transfer(profiles_a=np.ones((3, 4)), profiles_b=np.ones((3, 4)), gene_names=["a"],
                           params=KnockoutTransferParams(), rng=np.random.default_rng(0))
+
+
+def test_group_test_floor_three_shared_against_four_specific() -> None:
+    """NB04's planted groups: 3 shared vs 4 line-specific regulators: C(7, 3) = 35 splits, so p ≥ 1/35 ≈ 0.029,
+    which two cases' correction (×2 = 0.057) keeps from ever reaching 0.05."""
+    assert group_test_floor(3, 4, 2000) == pytest.approx(1 / 35)
+    assert group_test_floor(20, 20, 2000) == pytest.approx(1 / 2001)  # too many splits: Monte Carlo floor
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(7, 200))
+    b = rng.normal(size=a.shape)
+    b[:3] += 3 * a[:3]  # the 3 shared transfer far better: the most extreme split
+    res = transfer(a, b, shared_regulators=[0, 1, 2], specific_regulators=[3, 4, 5, 6],
+                   params={"permutations": 2000})
+    assert res.attainable["p_shared_minus_specific"] == pytest.approx(1 / 35)
+    assert res.metrics["p_shared_minus_specific"] == pytest.approx(1 / 35)
+
+
+def test_no_groups_declare_no_group_p_floor_and_the_transfer_floor_is_set() -> None:
+    res = transfer(np.tile(A, (6, 1)), np.tile(A, (6, 1)))
+    assert res.attainable == {}
+    assert get_probe("knockout_transfer").min_effect == MIN_SPEARMAN == 0.1

@@ -1,6 +1,7 @@
 """Known answers for NB05–NB10 routing: cosine from the Gram, upper-triangle correlations, Mantel and label
-permutations, KD bootstrap, KD jackknife (plain and corrected), Fisher-z and normal-difference CIs, Ward
-selection, ARI, SVD share, the difference and the stability probes."""
+permutations, the partial Mantel test beyond input proximity, KD bootstrap, KD jackknife (plain and corrected),
+Fisher-z and normal-difference CIs, Ward selection, ARI, SVD share, attainable p-values, the difference and the
+stability probes."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from hypocheck.probes.matrixstats import (
     jackknife_se,
     mantel,
     pair_influence,
+    partial_mantel,
     upper,
     ward_labels,
     welch_difference,
@@ -31,6 +33,8 @@ from hypocheck.probes.routing import (
     DifferenceParams,
     RoutingParams,
     StabilityParams,
+    permutation_floor,
+    proximity_matrix,
     routing_coherence,
     routing_coherence_difference,
     routing_stability,
@@ -68,19 +72,28 @@ def names(k: int) -> list[str]:
     return [f"kd{i}" for i in range(k)]
 
 
-def run(delta_y, gram, seed=0, **kw):
+def unrelated_repr(k: int, seed: int = 99) -> np.ndarray:
+    """Pert representations drawn independently of everything: proximity explains nothing."""
+    return np.random.default_rng(seed).normal(size=(k, 5))
+
+
+def run(delta_y, gram, seed=0, pert_repr=None, **kw):
     params = RoutingParams(**(FAST | kw))
-    return routing_coherence(delta_y=delta_y, jacobian_gram=gram, names=names(delta_y.shape[0]), params=params,
-                             rng=np.random.default_rng(seed))
+    reps = unrelated_repr(delta_y.shape[0]) if pert_repr is None else pert_repr
+    return routing_coherence(delta_y=delta_y, jacobian_gram=gram, names=names(delta_y.shape[0]), pert_repr=reps,
+                             params=params, rng=np.random.default_rng(seed))
 
 
 def test_registered_with_declared_metrics() -> None:
     spec = get_probe("routing_coherence")
-    assert (spec.effect, spec.p, spec.axes) == ("pearson", "p_pearson", ("model", "cell_line"))
+    assert (spec.effect, spec.p, spec.axes) == ("partial_pearson", "p_partial", ("model", "cell_line"))
+    assert spec.min_effect == 0.1
     assert {"pearson", "spearman", "p_spearman", "same_diff_ratio", "p_ratio", "ari", "p_ari", "svd_share",
-            "n_zero_norm"} <= set(spec.metrics)
+            "n_zero_norm", "partial_pearson", "partial_spearman", "p_partial", "p_partial_spearman",
+            "proximity_jacobian_r", "proximity_delta_r"} <= set(spec.metrics)
     diff = get_probe("routing_coherence_difference")
-    assert (diff.effect, diff.p, diff.axes) == ("difference", "p_difference", ())
+    assert (diff.effect, diff.p, diff.axes, diff.min_effect) == ("difference", "p_difference", (), None)
+    assert {"partial_difference", "p_partial_difference", "partial_a", "partial_b"} <= set(diff.metrics)
     assert get_probe("routing_stability").effect == "agreement"
     with pytest.raises(Exception, match="extra"):
         RoutingParams(unknown=1)  # type: ignore[call-arg]
@@ -358,9 +371,10 @@ def test_plots_render_for_the_routing_result() -> None:
     labels = tuple(str(g) for g in res.arrays["groups"])
     rendered = dict(render_all(res, PlotInfo(title="routing", metrics=res.metrics, labels=labels)))
     assert {"similarity heatmap", "Jacobian vs ΔY", "null distribution"} <= set(rendered)
-    assert res.null is not None and res.null.shape == (199,)  # the Mantel null of Pearson r
-    assert np.mean(res.null >= res.metrics["pearson"]) == pytest.approx(
-        res.metrics["p_pearson"] * 200 / 199 - 1 / 199, abs=1e-9)
+    assert res.null is not None and res.null.shape == (199,)  # the partial Mantel null of the partial r
+    assert float(res.arrays["observed"][0]) == res.metrics["partial_pearson"]
+    assert np.mean(res.null >= res.metrics["partial_pearson"] - 1e-10) == pytest.approx(
+        res.metrics["p_partial"] * 200 / 199 - 1 / 199, abs=1e-9)
     assert all(isinstance(v, bytes) for v in rendered.values())
 
 
@@ -368,8 +382,9 @@ def difference(a, b, seed=0, **kw):
     params = DifferenceParams(**(FAST | {"selection": "all", "n_clusters": 4, "min_kds": 5} | kw))
     (dy_a, g_a), (dy_b, g_b) = a, b
     return routing_coherence_difference(
-        delta_y_a=dy_a, jacobian_gram_a=g_a, names_a=names(dy_a.shape[0]), delta_y_b=dy_b, jacobian_gram_b=g_b,
-        names_b=names(dy_b.shape[0]), params=params, rng=np.random.default_rng(seed))
+        delta_y_a=dy_a, jacobian_gram_a=g_a, names_a=names(dy_a.shape[0]), pert_repr_a=unrelated_repr(dy_a.shape[0]),
+        delta_y_b=dy_b, jacobian_gram_b=g_b, names_b=names(dy_b.shape[0]), pert_repr_b=unrelated_repr(dy_b.shape[0]),
+        params=params, rng=np.random.default_rng(seed))
 
 
 def test_difference_of_identical_models_is_zero_with_a_ci_covering_it() -> None:
@@ -454,3 +469,154 @@ def test_stability_agreement_by_hand_and_convergence_curve() -> None:
     assert curve[0].mean() < curve[1].mean()  # noisier Jacobians agree less
     rendered = dict(render_all(res, PlotInfo(title="stability", metrics=res.metrics)))
     assert {"cell-count convergence", "per-knockdown cosine", "Jacobian vs ΔY"} <= set(rendered)
+
+
+# ---------------------------------------------------------------- beyond input proximity (partial Mantel)
+
+
+def proximity_world(seed: int, k: int = 30, routing: float = 0.0):
+    """Jacobian and ΔY similarity both falling with the distance of the pert representations (plus independent
+    noise), and optionally a routing cluster structure independent of the representations."""
+    rng = np.random.default_rng(seed)
+    reps = rng.normal(size=(k, 3))
+    dist = np.sqrt(np.sum((reps[:, None] - reps[None]) ** 2, axis=-1))
+    labels = rng.integers(0, 3, k)
+    same = (labels[:, None] == labels[None, :]).astype(float)
+
+    def similarity(noise: float) -> np.ndarray:
+        e = rng.normal(size=(k, k)) * noise
+        m = np.exp(-dist / 2) + routing * same + (e + e.T) / 2
+        np.fill_diagonal(m, 1.0)
+        return m
+    return reps, similarity(0.05), similarity(0.05)
+
+
+def naive_partial(x_sim, y_sim, prox, degree=3):
+    x, y, z = upper(x_sim), upper(y_sim), upper(prox)
+    zs = (z - z.mean()) / z.std()
+    basis = np.column_stack([zs**k for k in range(degree + 1)])
+
+    def resid(v):
+        return v - basis @ np.linalg.lstsq(basis, v, rcond=None)[0]
+    return float(np.corrcoef(resid(x), resid(y))[0, 1]), resid(x), resid(y)
+
+
+def test_partial_mantel_matches_explicit_residuals_permutations_and_leave_outs() -> None:
+    reps, x_sim, y_sim = proximity_world(1, k=14, routing=0.3)
+    prox = proximity_matrix(reps)
+    np.testing.assert_allclose(-prox, np.sqrt(np.sum((reps[:, None] - reps[None]) ** 2, axis=-1)), atol=1e-12)
+    res = partial_mantel(x_sim, y_sim, prox, np.random.default_rng(0), 99)
+    expected, rx, ry = naive_partial(x_sim, y_sim, prox)
+    assert res.pearson == pytest.approx(expected, abs=1e-12)
+    ranks = [stats.rankdata(upper(m)) for m in (x_sim, y_sim, prox)]
+    rs = naive_partial(*(_square(r, 14) for r in ranks))[0]
+    assert res.spearman == pytest.approx(rs, abs=1e-12)
+    assert res.proximity_x == pytest.approx(np.corrcoef(upper(x_sim), upper(prox))[0, 1])
+    assert res.proximity_y == pytest.approx(np.corrcoef(upper(y_sim), upper(prox))[0, 1])
+    # the null: KD labels of the Jacobian residual matrix permuted (same draws as the function's)
+    perms = np.argsort(np.random.default_rng(0).random((99, 14)), axis=1)
+    rx_sq = _square(rx, 14)
+    null = [np.corrcoef(upper(rx_sq[np.ix_(p, p)]), ry)[0, 1] for p in perms]
+    np.testing.assert_allclose(res.null_pearson, null, atol=1e-10)
+    assert res.p_pearson == pytest.approx((1 + np.sum(np.array(null) >= expected - 1e-10)) / 100)
+    # the jackknife refits the regression without each knockdown
+    leave_out = []
+    for m in range(14):
+        rest = np.setdiff1d(np.arange(14), m)
+        sub = np.ix_(rest, rest)
+        leave_out.append(naive_partial(x_sim[sub], y_sim[sub], prox[sub])[0])
+    influence = pair_influence(_square(rx / np.linalg.norm(rx - rx.mean()), 14),
+                               _square(ry / np.linalg.norm(ry - ry.mean()), 14))[0]
+    assert res.se_pearson == pytest.approx(jackknife_se(np.array(leave_out), influence), rel=1e-8)
+
+
+def _square(values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, n))
+    i, j = np.triu_indices(n, 1)
+    out[i, j] = values
+    out[j, i] = values
+    return out
+
+
+def test_proximity_alone_makes_the_plain_figure_significant_but_not_the_partial_one() -> None:
+    reps, x_sim, y_sim = proximity_world(3, k=40)
+    plain = mantel(x_sim, y_sim, np.random.default_rng(1), 199)
+    part = partial_mantel(x_sim, y_sim, proximity_matrix(reps), np.random.default_rng(1), 199)
+    assert plain.pearson > 0.5 and plain.p_pearson == pytest.approx(1 / 200)
+    assert part.proximity_x > 0.5 and part.proximity_y > 0.5
+    assert abs(part.pearson) < 0.1 and part.p_pearson > 0.05
+
+
+def test_routing_beyond_proximity_is_found() -> None:
+    reps, x_sim, y_sim = proximity_world(4, k=40, routing=0.3)
+    part = partial_mantel(x_sim, y_sim, proximity_matrix(reps), np.random.default_rng(2), 199)
+    assert part.pearson > 0.3 and part.p_pearson == pytest.approx(1 / 200) and part.p_spearman < 0.01
+    lo, hi = fisher_ci(part.pearson, part.se_pearson, 39)
+    assert 0 < lo < part.pearson < hi
+
+
+def test_probe_reports_partial_beside_plain_and_its_jackknife_cis() -> None:
+    delta_y, _ = clustered_world(13)
+    jac = jacobians_like(delta_y, np.random.default_rng(7), noise=3.0)
+    reps = unrelated_repr(24)
+    res = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5)
+    flat = jac.reshape(jac.shape[0], -1)
+    x_sim, y_sim = unit_rows(flat) @ unit_rows(flat).T, unit_rows(delta_y) @ unit_rows(delta_y).T
+    order = _order(res)
+    part = partial_mantel(x_sim[np.ix_(order, order)], y_sim[np.ix_(order, order)],
+                          proximity_matrix(reps[order]), np.random.default_rng(0), 199)
+    assert res.metrics["partial_pearson"] == pytest.approx(part.pearson)
+    assert res.metrics["partial_spearman"] == pytest.approx(part.spearman)
+    assert res.cis["partial_pearson"] == pytest.approx(fisher_ci(part.pearson, part.se_pearson, df=23))
+    assert res.cis["partial_spearman"] == pytest.approx(fisher_ci(part.spearman, part.se_spearman, df=23))
+    # proximity unrelated to both: the partial figure is close to the plain one
+    assert abs(res.metrics["partial_pearson"] - res.metrics["pearson"]) < 0.1
+    assert res.metrics["p_partial"] < 0.05 and res.metrics["p_pearson"] < 0.05
+    with pytest.raises(ValueError, match="pert_repr"):
+        run(delta_y, gram_of(jac), pert_repr=reps[:5], selection="all", n_clusters=4, min_kds=5)
+
+
+def test_difference_of_partial_coherence() -> None:
+    delta_y, _ = clustered_world(10, per_cluster=8)
+    unit = unit_rows(delta_y)
+    unrelated = np.random.default_rng(4).normal(size=(32, 10))
+    res = difference((delta_y, unit @ unit.T), (delta_y, unrelated @ unrelated.T))
+    assert res.metrics["partial_difference"] == pytest.approx(res.metrics["partial_a"] - res.metrics["partial_b"])
+    assert res.metrics["partial_difference"] > 0.5 and res.metrics["p_partial_difference"] < 0.05
+    assert res.metrics["p_partial_a"] < 0.01 < res.metrics["p_partial_b"]
+    assert res.cis["partial_difference"][0] > 0 and res.cis["partial_a"][0] > 0.5
+
+
+# ---------------------------------------------------------------- attainable p-values
+
+
+def _p_metrics(metrics) -> set[str]:
+    return {m for m in metrics if m == "p" or m.startswith("p_")}
+
+
+def test_every_p_declares_its_attainable_floor() -> None:
+    delta_y, _ = clustered_world(13)
+    jac = jacobians_like(delta_y, np.random.default_rng(7), noise=3.0)
+    res = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5)  # 199 permutations
+    assert set(res.attainable) == _p_metrics(res.metrics)
+    assert all(v == pytest.approx(1 / 200) for v in res.attainable.values())
+    assert all(res.metrics[m] >= res.attainable[m] for m in res.attainable)
+    more = run(delta_y, gram_of(jac), selection="all", n_clusters=4, min_kds=5, permutations=999)
+    assert more.attainable["p_partial"] == pytest.approx(1 / 1000)
+    same = (delta_y, gram_of(jac))
+    diff = difference(same, same)
+    assert set(diff.attainable) == _p_metrics(diff.metrics)
+    assert diff.attainable["p_difference"] == 0.0 and diff.attainable["p_partial_difference"] == 0.0  # t tests
+    assert diff.attainable["p_a"] == diff.attainable["p_partial_b"] == pytest.approx(1 / 200)
+    stab = stability(jac, jac, delta_y)
+    assert set(stab.attainable) == _p_metrics(stab.metrics) and stab.attainable["p_pearson"] == pytest.approx(1 / 200)
+
+
+def test_few_knockdowns_floor_the_permutation_p_at_one_over_k_factorial() -> None:
+    assert permutation_floor(199, 4) == pytest.approx(1 / 24)
+    assert permutation_floor(199, 6) == pytest.approx(1 / 200)  # 720 relabellings: the draws set the floor
+    assert permutation_floor(10_000, 30) == pytest.approx(1 / 10_001)
+    delta_y, _ = clustered_world(5, n_clusters=2, per_cluster=2)
+    jac = jacobians_like(delta_y, np.random.default_rng(1), noise=1.0)
+    res = run(delta_y, gram_of(jac), selection="all", n_clusters=2, min_kds=3)
+    assert res.metrics["n_kds"] == 4 and res.attainable["p_partial"] == pytest.approx(1 / 24)

@@ -32,7 +32,7 @@ def run(deriv, concordant, control, seed=0, **kw):
 
 def test_registered() -> None:
     spec = get_probe("targeted_jacobian")
-    assert (spec.effect, spec.p, spec.axes) == ("difference", "p", ("model", "cell_line"))
+    assert (spec.effect, spec.p, spec.axes, spec.min_effect) == ("difference", "p", ("model", "cell_line"), 0.01)
 
 
 def test_min_attainable_p() -> None:
@@ -49,6 +49,7 @@ def test_mann_whitney_on_per_kd_means_matches_scipy() -> None:
     expected = stats.mannwhitneyu(x, y, alternative="greater", method="exact")
     assert res.metrics["p"] == pytest.approx(expected.pvalue)
     assert res.metrics["p"] == pytest.approx(1 / 70)  # complete separation, 4 vs 4: 1 / C(8, 4)
+    assert res.attainable == {"p": pytest.approx(1 / 70)}  # … which is the floor it declares
     assert res.metrics["u_statistic"] == 16 and res.metrics["rank_biserial"] == pytest.approx(1.0)
     assert res.metrics["difference"] == pytest.approx(x.mean() - y.mean())
     lo, hi = res.cis["difference"]
@@ -103,3 +104,16 @@ def test_long_table_and_input_checks() -> None:
         run(deriv, [0, 1], [1, 2])
     with pytest.raises(ValueError, match="expected"):
         run(deriv[:, :, :2], [0, 1], [2, 3])
+
+
+def test_attainable_floor_of_the_nb03_panel_sizes() -> None:
+    """4 concordant vs 3 control knockdowns: p ≥ 1/35 (a hypothesis over 4 cases cannot reach 0.05 after
+    correction); with 8 controls, 1/C(12, 4) = 1/495."""
+    values = [0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.3]
+    res = run(panel(values), [0, 1, 2, 3], [4, 5, 6])
+    assert res.attainable["p"] == pytest.approx(1 / 35) == res.metrics["p"]
+    wide = run(panel([*values, 0.0, 0.05, 0.15, 0.25, 0.35]), [0, 1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11])
+    assert wide.attainable["p"] == pytest.approx(1 / 495) == wide.metrics["min_attainable_p"]
+    with pytest.warns(RuntimeWarning, match="empty"):  # the control knockdown has no finite derivative
+        empty = run(panel([0.5, np.nan]), [0], [1])
+    assert empty.attainable == {} and empty.inconclusive is not None

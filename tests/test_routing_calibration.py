@@ -1,5 +1,7 @@
 """Calibration of the routing tests: each holds alpha on null worlds (ΔY and Jacobians independent) and finds
-planted routing (Jacobian similarity = f(ΔY similarity) + noise). The quick configuration of
+planted routing (Jacobian similarity = f(ΔY similarity) + noise); where nearby inputs have nearby Jacobians
+and nearby ΔY (the proximity null), only the proximity-controlled (partial Mantel) test holds alpha, and it
+finds routing clusters planted beyond proximity. The quick configuration of
 ``hypocheck.probes.calibration.routing`` (the CLI runs more worlds)."""
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ import pytest
 
 from hypocheck.probes.calibration.routing import (
     COVERAGE_FLOOR,
+    DIFFERENCE_FAMILIES,
     FAMILIES,
+    PARTIAL_FAMILIES,
     PLANTED,
+    PROXIMITY_NULL,
     QUICK,
     calibrate_routing,
     choose_method,
     delta_y_world,
     null_features,
     planted_features,
+    proximity_world,
     write_reports,
 )
 from hypocheck.probes.matrixstats import cosine_from_gram, upper
+from hypocheck.probes.routing import proximity_matrix
 from hypocheck.probes.setstats import unit_rows
 
 
@@ -41,7 +48,7 @@ def family(result: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.parametrize("name", [*FAMILIES, "difference"])
+@pytest.mark.parametrize("name", [*FAMILIES, *DIFFERENCE_FAMILIES])
 def test_every_routing_test_holds_alpha_on_null_worlds(result: dict[str, Any], name: str) -> None:
     summary = family(result, name)
     assert summary["n_null"] >= 80
@@ -51,7 +58,7 @@ def test_every_routing_test_holds_alpha_on_null_worlds(result: dict[str, Any], n
             assert row["within_bound"], row
 
 
-@pytest.mark.parametrize("name", [*FAMILIES, "difference"])
+@pytest.mark.parametrize("name", [*FAMILIES, *DIFFERENCE_FAMILIES])
 def test_planted_routing_is_found(result: dict[str, Any], name: str) -> None:
     assert family(result, name)["power"] >= 0.8
 
@@ -60,9 +67,10 @@ def test_runs_fast_and_writes_reports(result: dict[str, Any], tmp_path: Path) ->
     assert result["wall"] < 120  # about 20 s on one idle core; generous for loaded machines
     out = write_reports(result, tmp_path)
     loaded = json.loads((out / "routing.json").read_text())
-    assert {f["family"] for f in loaded["families"]} == {*FAMILIES, "difference"}
+    assert {f["family"] for f in loaded["families"]} == {*FAMILIES, *DIFFERENCE_FAMILIES}
     text = (out / "routing.md").read_text()
-    assert "| mantel_pearson |" in text and "MC bound" in text
+    assert "| mantel_pearson |" in text and "| partial_pearson |" in text and "MC bound" in text
+    assert "proximity-null FPR" in text
     assert "| corrected jackknife | pearson | 40 |" in text and "Chosen" in text
 
 
@@ -120,3 +128,33 @@ def test_worlds_are_what_they_claim() -> None:
     r_null = np.corrcoef(upper(cosine_from_gram(null @ null.T)[0]), y)[0, 1]
     assert r_planted > 0.3 and abs(r_null) < 0.15
     assert PLANTED.startswith("planted")
+
+
+@pytest.mark.parametrize("name", PARTIAL_FAMILIES)
+def test_the_proximity_controlled_test_holds_alpha_where_proximity_drives_both(result: dict[str, Any], name: str):
+    summary = family(result, name)
+    assert summary["n_proximity_null"] >= 150
+    assert summary["proximity_calibrated"], summary
+    assert summary["power_beyond_proximity"] >= 0.8
+
+
+@pytest.mark.parametrize("name", ["mantel_pearson", "mantel_spearman"])
+def test_the_plain_mantel_test_mistakes_proximity_for_routing(result: dict[str, Any], name: str) -> None:
+    summary = family(result, name)
+    assert summary["proximity_fpr"] > 0.5 > summary["proximity_bound"]
+    assert not summary["proximity_calibrated"]
+
+
+def test_proximity_worlds_are_what_they_claim() -> None:
+    """Proximity null: both similarities fall with distance (the plain r is large), nothing beyond it; the
+    planted world adds routing clusters independent of the representations."""
+    means = {}
+    for kind in ("smooth", "routed"):
+        reps, delta_y, features = proximity_world(np.random.default_rng(3), QUICK, kind)
+        x = upper(cosine_from_gram(features @ features.T)[0])
+        y = upper(unit_rows(delta_y) @ unit_rows(delta_y).T)
+        z = upper(proximity_matrix(reps))
+        means[kind] = (np.corrcoef(x, z)[0, 1], np.corrcoef(y, z)[0, 1], np.corrcoef(x, y)[0, 1])
+    assert means["smooth"][0] > 0.5 and means["smooth"][1] > 0.5 and means["smooth"][2] > 0.3
+    assert means["routed"][2] > 0.2
+    assert PROXIMITY_NULL.startswith("proximity null")

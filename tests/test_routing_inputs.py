@@ -1,11 +1,14 @@
 """The suite context's Jacobian artifacts on a tiny real arc-state model, checked against autograd.
 
-What the routing probes (NB03, NB05–NB10) receive must be the quantities the
-SPEC defines: ΔY of every knockdown, the Gram of ∂Ȳ/∂r, the one-hot Gram of
-∂Ȳ/∂p, held Jacobians on other control sentences, and ∂Ȳ[target]/∂X[regulator].
+What the routing probes (NB03, NB05–NB10) receive must be the quantities they
+are defined on: ΔY of every knockdown, the Gram of ∂Ȳ/∂r, the one-hot Gram of
+∂Ȳ/∂p, the pert representations r_k (input proximity), held Jacobians on other
+control sentences, and ∂Ȳ[target]/∂X[regulator].
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +19,9 @@ from hypocheck.errors import UnknownNameError
 from hypocheck.fixtures.config import SuiteConfig
 from hypocheck.fixtures.context import SuiteContext
 from hypocheck.fixtures.data import SAMPLINGS
+from hypocheck.fixtures.routing_inputs import routing_difference_inputs, routing_inputs
 from hypocheck.fixtures.st_adapter import STAdapter
+from hypocheck.probes.routing import DifferenceInputs, RoutingInputs
 from tests.helpers_tiny import tiny_h5ad, tiny_run_dir
 
 CELLS = 8
@@ -162,3 +167,21 @@ def test_samplings_are_seeded_distinct_and_valid(ctx: SuiteContext) -> None:
         assert abs(np.sum(strat_batches == b) - 10 * np.mean(all_batches == b)) <= 1
     with pytest.raises(UnknownNameError, match="did you mean 'stratified'"):
         data.control_sentence("hepg2", 4, 0, None, "stratifed")
+
+
+def test_routing_builders_pass_each_knockdowns_pert_representation(ctx: SuiteContext) -> None:
+    """The partial Mantel test controls for −‖r_a − r_b‖: the builder must give r_k in the rows' order."""
+    adapter = ctx.suite.model("tiny")
+    names = ctx.suite.knockdowns("tiny")
+    with torch.no_grad():
+        expected = adapter.encode_perturbation(adapter.onehot(names)).double().numpy()
+    case = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, inputs=RoutingInputs(), location=None)
+    inputs = routing_inputs(ctx.artifacts, case)  # type: ignore[arg-type]
+    assert inputs["names"] == names
+    np.testing.assert_allclose(inputs["pert_repr"], expected, rtol=1e-6, atol=1e-7)
+    assert inputs["pert_repr"].shape[0] == inputs["delta_y"].shape[0] == inputs["jacobian_gram"].shape[0]
+    pair = SimpleNamespace(axes={"cell_line": "hepg2"}, inputs=DifferenceInputs(models=["tiny", "tiny"]),
+                           location=None)
+    both = routing_difference_inputs(ctx.artifacts, pair)  # type: ignore[arg-type]
+    np.testing.assert_allclose(both["pert_repr_a"], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(both["pert_repr_b"], expected, rtol=1e-6, atol=1e-7)

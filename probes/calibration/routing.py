@@ -12,8 +12,30 @@ as in real ΔY) — so ΔY clusters exist. Jacobians are rows of a feature matri
   an increasing function of the ΔY cosine plus noise (``planted_signal`` = s);
 - *difference null*: the two halves of one planted world of 2K KDs (the same
   programs, so equal routing coherence; independent KD samples), for
-  ``routing_coherence_difference``; its power row gives the second half
-  iid-null Jacobians.
+  ``routing_coherence_difference`` (its plain and its partial difference);
+  its power row gives the second half iid-null Jacobians.
+
+In those worlds the pert representations (the inputs' proximity) are drawn
+independently of everything. The proximity-controlled test (partial Mantel) is
+checked where proximity matters, in worlds with pert representations
+``r_k ~ N(0, I_H)`` and ``ΔY_k = J̄ (r_k − r_ctrl) + noise``:
+
+- *proximity null*: nearly identical Jacobians that vary smoothly with the
+  representation and carry no routing signal: ``J(r_k) = [J̄, ε Φ(r_k),
+  η_k]`` (flattened), ``Φ`` the feature map of a Gaussian kernel of length
+  ``smooth_length`` (so ``⟨Φ(r_a), Φ(r_b)⟩ = exp(−‖r_a − r_b‖² / 2ℓ²)``: nearby
+  inputs, nearby Jacobians) and ``η_k`` an idiosyncratic part independent of
+  everything. Jacobian and ΔY similarity both fall with distance, so the plain
+  Mantel test rejects in almost every world; the partial one must hold alpha;
+- *stress, rough field*: the same with ``Φ`` replaced by ``rough_features``
+  random Fourier features (a finite random field: its similarity depends on
+  where the inputs are, not only on their distance, and by chance shares
+  structure with ΔY beyond proximity). Reported, not pooled: proximity is
+  Euclidean distance, and a test given it cannot remove such structure;
+- *planted routing beyond proximity*: the proximity-null Jacobians plus a
+  component ``s · e_c(k)`` of a cluster ``c(k)`` drawn independently of the
+  representations, and ΔY plus a cluster program ``2 s ‖ΔY‖ u_c(k)``: similar
+  Jacobians go with similar effects beyond what proximity explains.
 
 Each world is one call of the probe itself (vectorised permutation and
 bootstrap engines), with calibration-sized permutation and bootstrap counts.
@@ -74,8 +96,11 @@ from ..routing import DifferenceParams, RoutingParams, routing_coherence, routin
 from ..setstats import unit_rows
 from .clustering import mc_bound
 
-FAMILIES = {"mantel_pearson": "p_pearson", "mantel_spearman": "p_spearman", "cluster_ratio": "p_ratio",
+FAMILIES = {"partial_pearson": "p_partial", "partial_spearman": "p_partial_spearman",
+            "mantel_pearson": "p_pearson", "mantel_spearman": "p_spearman", "cluster_ratio": "p_ratio",
             "ari": "p_ari"}
+PARTIAL_FAMILIES = ("partial_pearson", "partial_spearman")
+DIFFERENCE_FAMILIES = ("difference", "partial_difference")
 NULL_DATA = ("null: iid Jacobians", "null: structured Jacobians")
 
 
@@ -104,13 +129,24 @@ class RoutingCalibrationConfig:
     coverage_draws: tuple[int, ...] = (600, 300)  # KD samples per population, one count per size
     coverage_bootstrap: int = 200  # resamples of the KD bootstrap the jackknife is compared with
     coverage_shifts: tuple[float, ...] = (0.1, 0.2)  # Pearson r of the weaker populations below the first
+    # worlds where the inputs' proximity drives both similarities (the partial Mantel test)
+    proximity_worlds: int = 400  # proximity-null worlds; planted and stress worlds: planted_worlds each
+    repr_dim: int = 8
+    smooth_length: float = 1.5  # Gaussian-kernel length of the Jacobian field, in units of the representations' sd
+    smooth_scale: float = 0.3  # ε: the field's share of a Jacobian (J̄ has unit norm)
+    idiosyncratic: float = 0.1  # norm of η_k
+    rough_features: int = 64
+    routing_signal: float = 0.2  # s of the planted routing beyond proximity
 
 
 QUICK = RoutingCalibrationConfig(null_worlds=120, planted_worlds=40, difference_worlds=80,
                                  coverage_population=1500, coverage_draws=(160, 24), coverage_bootstrap=99,
-                                 coverage_shifts=(0.2,))
+                                 coverage_shifts=(0.2,), proximity_worlds=160)
 PLANTED = "planted: J-sim = f(ΔY-sim) + noise"
 WEAK = "planted (weak): J-sim = f(ΔY-sim) + more noise"
+PROXIMITY_NULL = "proximity null: smooth J(r), ΔY = J̄ (r − r_ctrl)"
+ROUGH = "stress: rough J(r) field, ΔY = J̄ (r − r_ctrl)"
+ROUTED = "planted: routing clusters beyond proximity"
 
 
 def delta_y_world(rng: np.random.Generator, cfg: RoutingCalibrationConfig) -> np.ndarray:
@@ -144,33 +180,75 @@ def _names(k: int) -> list[str]:
     return [f"kd{i}" for i in range(k)]
 
 
+def proximity_world(rng: np.random.Generator, cfg: RoutingCalibrationConfig, kind: str
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pert representations, ΔY, Jacobian features) of a world whose Jacobians vary smoothly with the
+    representation: ``kind`` 'smooth' (the proximity null), 'rough' (a finite random field) or 'routed'
+    (smooth plus routing clusters independent of the representations)."""
+    k, h, g = cfg.n_kds, cfg.repr_dim, cfg.genes
+    reps = rng.normal(size=(k, h))
+    control = 0.3 * rng.normal(size=h)
+    j_bar = rng.normal(size=(g, h))
+    j_bar /= np.linalg.norm(j_bar)
+    if kind == "rough":
+        freqs = rng.normal(size=(cfg.rough_features, h)) / cfg.smooth_length
+        field = np.sqrt(2.0 / cfg.rough_features) * np.cos(reps @ freqs.T
+                                                          + rng.uniform(0, 2 * np.pi, cfg.rough_features))
+    else:  # the Gaussian kernel's feature map on these points: ⟨Φ_a, Φ_b⟩ = exp(−‖r_a − r_b‖² / 2ℓ²)
+        dist2 = np.sum((reps[:, None, :] - reps[None, :, :]) ** 2, axis=-1)
+        values, vectors = np.linalg.eigh(np.exp(-dist2 / (2 * cfg.smooth_length**2)))
+        field = vectors * np.sqrt(np.clip(values, 0.0, None))[None, :]
+    idio = cfg.idiosyncratic * unit_rows(rng.normal(size=(k, cfg.jacobian_dim)))
+    features = np.hstack([np.tile(j_bar.ravel(), (k, 1)), cfg.smooth_scale * field, idio])
+    delta_y = (reps - control) @ j_bar.T
+    scale = float(np.mean(np.linalg.norm(delta_y, axis=1)))
+    delta_y += 0.1 * scale / np.sqrt(g) * rng.normal(size=delta_y.shape)
+    if kind == "routed":
+        labels = rng.integers(0, cfg.programs, k)
+        features = np.hstack([features, cfg.routing_signal * np.eye(cfg.programs)[labels]])
+        delta_y += 2 * cfg.routing_signal * scale * unit_rows(rng.normal(size=(cfg.programs, g)))[labels]
+    return reps, delta_y, features
+
+
 def _world_p(cfg: RoutingCalibrationConfig, params: RoutingParams, seed_key: str, kind: str) -> dict[str, float]:
-    """One world of ``kind`` ('iid', 'structured', 'planted', 'weak'): the probe's p-values and Pearson r."""
+    """One world of ``kind`` ('iid', 'structured', 'planted', 'weak'; 'smooth', 'rough', 'routed'): the
+    probe's p-values, Pearson and partial Pearson r."""
     rng = np.random.default_rng(derive_seed(cfg.base_seed, seed_key))
-    delta_y = delta_y_world(rng, cfg)
-    if kind in ("planted", "weak"):
-        signal = cfg.planted_signal if kind == "planted" else cfg.weak_signal
-        features = planted_features(rng, delta_y, signal, cfg.jacobian_dim)
+    if kind in ("smooth", "rough", "routed"):
+        reps, delta_y, features = proximity_world(rng, cfg, kind)
     else:
-        features = null_features(rng, cfg, structured=kind == "structured")
+        delta_y = delta_y_world(rng, cfg)
+        if kind in ("planted", "weak"):
+            signal = cfg.planted_signal if kind == "planted" else cfg.weak_signal
+            features = planted_features(rng, delta_y, signal, cfg.jacobian_dim)
+        else:
+            features = null_features(rng, cfg, structured=kind == "structured")
+        reps = rng.normal(size=(cfg.n_kds, cfg.repr_dim))  # proximity unrelated to Jacobians and ΔY
     res = routing_coherence(delta_y=delta_y, jacobian_gram=features @ features.T, names=_names(cfg.n_kds),
-                            params=params, rng=rng)
-    return {family: res.metrics[metric] for family, metric in FAMILIES.items()} | {"r": res.metrics["pearson"]}
+                            pert_repr=reps, params=params, rng=rng)
+    return {family: res.metrics[metric] for family, metric in FAMILIES.items()} | {
+        "r": res.metrics["pearson"], "partial_r": res.metrics["partial_pearson"],
+        "proximity_jacobian_r": res.metrics["proximity_jacobian_r"],
+        "proximity_delta_r": res.metrics["proximity_delta_r"]}
 
 
-def _difference_p(cfg: RoutingCalibrationConfig, params: DifferenceParams, seed_key: str, planted_b: bool) -> float:
-    """p_difference of two models on independent halves of one world of 2K KDs (same programs, so the same
-    population): both planted alike (equal coherence, the null), or planted vs iid-null Jacobians (power)."""
+def _difference_p(cfg: RoutingCalibrationConfig, params: DifferenceParams, seed_key: str,
+                  planted_b: bool) -> tuple[float, float]:
+    """p_difference and p_partial_difference of two models on independent halves of one world of 2K KDs (same
+    programs, so the same population): both planted alike (equal coherence, the null), or planted vs iid-null
+    Jacobians (power)."""
     rng = np.random.default_rng(derive_seed(cfg.base_seed, seed_key))
     delta_y = delta_y_world(rng, replace(cfg, n_kds=2 * cfg.n_kds))
     dy_a, dy_b = delta_y[: cfg.n_kds], delta_y[cfg.n_kds :]
     f_a = planted_features(rng, dy_a, cfg.planted_signal, cfg.jacobian_dim)
     f_b = planted_features(rng, dy_b, cfg.planted_signal, cfg.jacobian_dim) if planted_b else null_features(
         rng, cfg, structured=False)
+    reps = rng.normal(size=(2 * cfg.n_kds, cfg.repr_dim))
     res = routing_coherence_difference(
-        delta_y_a=dy_a, jacobian_gram_a=f_a @ f_a.T, names_a=_names(cfg.n_kds), delta_y_b=dy_b,
-        jacobian_gram_b=f_b @ f_b.T, names_b=_names(cfg.n_kds), params=params, rng=rng)
-    return res.metrics["p_difference"]
+        delta_y_a=dy_a, jacobian_gram_a=f_a @ f_a.T, names_a=_names(cfg.n_kds), pert_repr_a=reps[: cfg.n_kds],
+        delta_y_b=dy_b, jacobian_gram_b=f_b @ f_b.T, names_b=_names(cfg.n_kds), pert_repr_b=reps[cfg.n_kds :],
+        params=params, rng=rng)
+    return res.metrics["p_difference"], res.metrics["p_partial_difference"]
 
 
 # ---------------------------------------------------------------- CI coverage: jackknife vs KD bootstrap
@@ -345,7 +423,9 @@ def calibrate_routing(cfg: RoutingCalibrationConfig | None = None) -> dict[str, 
     with threadpool_limits(1):
         for data, kind, n in (("null: iid Jacobians", "iid", cfg.null_worlds),
                               ("null: structured Jacobians", "structured", cfg.null_worlds),
-                              (PLANTED, "planted", cfg.planted_worlds), (WEAK, "weak", cfg.planted_worlds)):
+                              (PLANTED, "planted", cfg.planted_worlds), (WEAK, "weak", cfg.planted_worlds),
+                              (PROXIMITY_NULL, "smooth", cfg.proximity_worlds), (ROUGH, "rough", cfg.planted_worlds),
+                              (ROUTED, "routed", cfg.planted_worlds)):
             runs[data] = [_world_p(cfg, params, f"{kind}:{s}", kind) for s in range(n)]
         diff_null = [_difference_p(cfg, params, f"difference-null:{s}", True) for s in range(cfg.difference_worlds)]
         diff_power = [_difference_p(cfg, params, f"difference-planted:{s}", False)
@@ -355,37 +435,52 @@ def calibrate_routing(cfg: RoutingCalibrationConfig | None = None) -> dict[str, 
     for family in FAMILIES:
         for data, results in runs.items():
             rows.append(_row(family, data, [r[family] for r in results], cfg.alpha))
-    rows.append(_row("difference", "null: two KD samples of one planted world, equal coherence", diff_null,
-                     cfg.alpha))
-    rows.append(_row("difference", "planted: planted vs iid-null Jacobians", diff_power, cfg.alpha))
-    families = [_family(f, rows, cfg.alpha) for f in (*FAMILIES, "difference")]
+    for k, name in enumerate(DIFFERENCE_FAMILIES):
+        rows.append(_row(name, "null: two KD samples of one planted world, equal coherence",
+                         [p[k] for p in diff_null], cfg.alpha))
+        rows.append(_row(name, "planted: planted vs iid-null Jacobians", [p[k] for p in diff_power], cfg.alpha))
+    families = [_family(f, rows, cfg.alpha) for f in (*FAMILIES, *DIFFERENCE_FAMILIES)]
     mean_r = {data: float(np.nanmean([r["r"] for r in runs[data]])) if runs[data] else math.nan
               for data in (PLANTED, WEAK)}
+    world_means = {data: {key: float(np.nanmean([r[key] for r in runs[data]])) if runs[data] else math.nan
+                          for key in ("r", "partial_r", "proximity_jacobian_r", "proximity_delta_r")}
+                   for data in runs}
     return {"alpha": cfg.alpha, "config": asdict(cfg), "seconds": time.perf_counter() - start,
             "planted_mean_pearson": mean_r[PLANTED], "weak_mean_pearson": mean_r[WEAK],
-            "families": families, "rows": rows, "coverage": coverage}
+            "world_means": world_means, "families": families, "rows": rows, "coverage": coverage}
 
 
 def _row(family: str, data: str, ps: list[float], alpha: float) -> dict[str, Any]:
     n, hits, undefined = _rate(ps, alpha)
     row: dict[str, Any] = {"family": family, "data": data, "condition": data.split(":")[0], "n_runs": n,
                            "rejections": hits, "undefined": undefined, "rate": hits / n if n else math.nan}
-    if row["condition"] == "null":
+    if row["condition"] in ("null", "proximity null", "stress"):
         row["bound"] = mc_bound(alpha, n)
         row["within_bound"] = row["rate"] <= row["bound"]
     return row
 
 
 def _family(family: str, rows: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
-    """FPR pooled over the family's null rows (with the MC bound), power pooled over its planted rows."""
-    null = [r for r in rows if r["family"] == family and r["condition"] == "null"]
-    planted = [r for r in rows if r["family"] == family and r["condition"] == "planted"]
+    """FPR pooled over the family's null rows (with the MC bound), power on the planted design; the FPR on the
+    proximity null and the power on routing beyond proximity beside them (the proximity-controlled tests must
+    hold that FPR, the plain ones need not)."""
+    mine = [r for r in rows if r["family"] == family]
+    null = [r for r in mine if r["condition"] == "null"]
+    planted = [r for r in mine if r["condition"] == "planted" and r["data"] != ROUTED]
     n_null, n_planted = sum(r["n_runs"] for r in null), sum(r["n_runs"] for r in planted)
     fpr = sum(r["rejections"] for r in null) / n_null if n_null else math.nan
     bound = mc_bound(alpha, n_null)
-    return {"family": family, "n_null": n_null, "fpr": fpr, "bound": bound, "calibrated": fpr <= bound,
-            "n_planted": n_planted,
-            "power": sum(r["rejections"] for r in planted) / n_planted if n_planted else math.nan}
+    proximity = [r for r in mine if r["condition"] == "proximity null"]
+    routed = [r for r in mine if r["data"] == ROUTED]
+    out = {"family": family, "n_null": n_null, "fpr": fpr, "bound": bound, "calibrated": fpr <= bound,
+           "n_planted": n_planted,
+           "power": sum(r["rejections"] for r in planted) / n_planted if n_planted else math.nan}
+    if proximity:
+        out |= {"n_proximity_null": proximity[0]["n_runs"], "proximity_fpr": proximity[0]["rate"],
+                "proximity_bound": proximity[0]["bound"], "proximity_calibrated": proximity[0]["within_bound"]}
+    if routed:
+        out["power_beyond_proximity"] = routed[0]["rate"]
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -400,13 +495,29 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['planted_mean_pearson']:.3f}); weak planted signal {cfg['weak_signal']} (mean Pearson r "
         f"{result['weak_mean_pearson']:.3f}, reported per row, not in the family power).",
         "FPR: share of null runs with p < alpha; MC bound: alpha + 2·sqrt(alpha(1 − alpha)/n). "
-        "Power: share of planted runs with p < alpha.", "", "## Per family", "",
-        "| family | null runs | FPR | MC bound | calibrated | planted runs | power |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "Power: share of planted runs with p < alpha (the planted design; the weak one per row only).",
+        f"Proximity worlds: {cfg['proximity_worlds']} proximity-null worlds, {cfg['planted_worlds']} each of "
+        f"the rough-field stress and the planted routing beyond proximity; representations in "
+        f"{cfg['repr_dim']} dimensions, Gaussian-kernel length {cfg['smooth_length']}, field scale "
+        f"{cfg['smooth_scale']}, idiosyncratic part {cfg['idiosyncratic']}, routing signal "
+        f"{cfg['routing_signal']}.", "", "## Per family", "",
+        "| family | null runs | FPR | MC bound | calibrated | proximity-null FPR (bound) | holds it | planted runs "
+        "| power | power beyond proximity |",
+        "|---|---:|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for f in result["families"]:
+        prox = (f"{f['proximity_fpr']:.3f} ({f['proximity_bound']:.3f})", "yes" if f["proximity_calibrated"] else
+                "NO") if "proximity_fpr" in f else ("", "")
+        beyond = f"{f['power_beyond_proximity']:.3f}" if "power_beyond_proximity" in f else ""
         lines.append(f"| {f['family']} | {f['n_null']} | {f['fpr']:.3f} | {f['bound']:.3f} | "
-                     f"{'yes' if f['calibrated'] else 'NO'} | {f['n_planted']} | {f['power']:.3f} |")
+                     f"{'yes' if f['calibrated'] else 'NO'} | {prox[0]} | {prox[1]} | {f['n_planted']} | "
+                     f"{f['power']:.3f} | {beyond} |")
+    lines += ["", "Mean correlations per design (plain Pearson r, partial r beyond proximity, and each "
+              "similarity's r with proximity):", "", "| data | pearson | partial | proximity–Jacobian | "
+              "proximity–ΔY |", "|---|---:|---:|---:|---:|"]
+    for data, means in result.get("world_means", {}).items():
+        lines.append(f"| {data} | {means['r']:.3f} | {means['partial_r']:.3f} | {means['proximity_jacobian_r']:.3f} "
+                     f"| {means['proximity_delta_r']:.3f} |")
     lines += ["", "## Per family and data", "", "| family | data | runs | rate | MC bound | within |",
               "|---|---|---:|---:|---:|---|"]
     for r in result["rows"]:
