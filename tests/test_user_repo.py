@@ -132,8 +132,8 @@ def test_a_checkpoint_that_is_not_one_is_one_error(user_repo: Path) -> None:
 
 def test_unknown_config_key_is_one_error(user_repo: Path) -> None:
     path = suite(user_repo)
-    path.write_text(path.read_text().replace("cell_lines:", "cell_line:"))
-    _one_error(run(user_repo, "--co"), "suite.yaml:", "unknown key 'cell_line'", "did you mean 'cell_lines'")
+    path.write_text(path.read_text().replace("device:", "devise:"))
+    _one_error(run(user_repo, "--co"), "suite.yaml:", "unknown key 'devise'", "did you mean 'device'")
 
 
 def test_reports_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
