@@ -107,3 +107,16 @@ def tiny_h5ad(path: Path, **kwargs) -> Path:
     """Write :func:`tiny_adata` to ``path`` and return it."""
     tiny_adata(**kwargs).write_h5ad(path)
     return path
+
+
+def tiny_suite(root: Path, cells: int, seed: int) -> Path:
+    """A suite under ``root``: the tiny run dir as model 'tiny', a tiny h5ad, both lines; its suite.yaml path."""
+    import yaml
+
+    tiny_run_dir(root / "runs" / "tiny")
+    (root / "data").mkdir()
+    tiny_h5ad(root / "data" / "tiny.h5ad", n_per_group=12)
+    cfg = {"models": {"tiny": {"run_dir": "runs/tiny"}}, "data": {"path": "data/tiny.h5ad"},
+           "cell_lines": ["hepg2", "jurkat"], "device": "cpu", "control_sentence": {"cells": cells, "seed": seed}}
+    (root / "suite.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "suite.yaml"

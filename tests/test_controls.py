@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from hypocheck.errors import ModelLoadError, UnknownNameError
@@ -20,7 +19,7 @@ from hypocheck.fixtures.controls import (
     split_control_name,
 )
 from hypocheck.fixtures.st_adapter import STAdapter
-from tests.helpers_tiny import control_sentence, tiny_h5ad, tiny_run_dir
+from tests.helpers_tiny import control_sentence, tiny_suite
 
 SEED = 3  # the tiny suite's control_sentence.seed
 
@@ -29,14 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> SuiteContext:
-    root = tmp_path_factory.mktemp("controls")
-    tiny_run_dir(root / "runs" / "tiny")
-    (root / "data").mkdir()
-    tiny_h5ad(root / "data" / "tiny.h5ad", n_per_group=12)
-    cfg = {"models": {"tiny": {"run_dir": "runs/tiny"}}, "data": {"path": "data/tiny.h5ad"},
-           "cell_lines": ["hepg2", "jurkat"], "device": "cpu", "control_sentence": {"cells": 8, "seed": SEED}}
-    (root / "suite.yaml").write_text(yaml.safe_dump(cfg))
-    return SuiteContext(SuiteConfig.load(root / "suite.yaml"))
+    return SuiteContext(SuiteConfig.load(tiny_suite(tmp_path_factory.mktemp("controls"), cells=8, seed=SEED)))
 
 
 @pytest.fixture(scope="module")

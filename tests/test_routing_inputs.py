@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from hypocheck.errors import UnknownNameError
 from hypocheck.fixtures.config import SuiteConfig
@@ -22,7 +21,7 @@ from hypocheck.fixtures.data import SAMPLINGS
 from hypocheck.fixtures.routing_inputs import routing_difference_inputs, routing_inputs
 from hypocheck.fixtures.st_adapter import STAdapter
 from hypocheck.probes.routing import DifferenceInputs, RoutingInputs
-from tests.helpers_tiny import tiny_h5ad, tiny_run_dir
+from tests.helpers_tiny import tiny_suite
 
 CELLS = 8
 
@@ -32,14 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> SuiteContext:
-    root = tmp_path_factory.mktemp("routing")
-    tiny_run_dir(root / "runs" / "tiny")
-    (root / "data").mkdir()
-    tiny_h5ad(root / "data" / "tiny.h5ad", n_per_group=12)
-    cfg = {"models": {"tiny": {"run_dir": "runs/tiny"}}, "data": {"path": "data/tiny.h5ad"},
-           "cell_lines": ["hepg2", "jurkat"], "device": "cpu", "control_sentence": {"cells": CELLS, "seed": 3}}
-    (root / "suite.yaml").write_text(yaml.safe_dump(cfg))
-    return SuiteContext(SuiteConfig.load(root / "suite.yaml"))
+    return SuiteContext(SuiteConfig.load(tiny_suite(tmp_path_factory.mktemp("routing"), cells=CELLS, seed=3)))
 
 
 def _mean_prediction(ctx: SuiteContext, onehots: torch.Tensor, line: str = "hepg2") -> torch.Tensor:
