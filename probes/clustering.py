@@ -24,7 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import empirical_p_floor
 
-from .setstats import SetClustering, cosine_matrix, magnitude_matched_sets, set_clustering_vectorised
+from .setstats import (
+    MATCHED_NULL,
+    SetClustering,
+    cosine_matrix,
+    magnitude_matched_sets,
+    set_clustering_vectorised,
+)
 
 MIN_DELTA_COSINE = 0.05
 """Minimum effect of interest on ``delta_cosine`` for a claim that a set clusters: members sharing a common
@@ -197,6 +203,7 @@ def output_set_clustering(
         metrics=metrics,
         cis={"delta_cosine": matched.ci, "delta_cosine_uniform": uniform.ci, "delta_cosine_specific": specific.ci},
         null=matched.null,
+        null_label=MATCHED_NULL,
         arrays={"uniform_null": uniform.null, "matched_null": matched.null, "specific_null": specific.null,
                 "matched_sets": null_sets, "similarity": sim, "similarity_specific": sim_specific},
         attainable=_attainable(uniform, matched, specific),
@@ -283,6 +290,7 @@ def output_set_absence(
         metrics=metrics,
         cis={"delta_cosine": ci, "delta_cosine_uniform": uniform.ci, "delta_cosine_specific": specific.ci},
         null=matched.null,
+        null_label=MATCHED_NULL,
         arrays={"uniform_null": uniform.null, "matched_null": matched.null, "specific_null": specific.null,
                 "matched_sets": null_sets, "similarity": sim, "similarity_specific": sim_specific},
         inconclusive=absence_gaps(metrics["p_matched"], ci, power, params),

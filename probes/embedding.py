@@ -18,7 +18,13 @@ from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import empirical_p_floor
 
 from .clustering import MIN_DELTA_COSINE
-from .setstats import background_mean, cosine_matrix, magnitude_matched_sets, set_clustering_vectorised
+from .setstats import (
+    MATCHED_NULL,
+    background_mean,
+    cosine_matrix,
+    magnitude_matched_sets,
+    set_clustering_vectorised,
+)
 
 EMBEDDING_METRICS = (
     "within_mean_cosine", "background_mean_cosine", "null_mean_cosine", "z", "p", "delta_cosine_uniform",
@@ -99,5 +105,7 @@ def pert_embedding_clustering(
             cis["delta_cosine"] = matched.ci
             null = matched.null
             attainable["p_matched"] = empirical_p_floor(matched.null)
-    return ProbeResult(metrics=metrics, cis=cis, null=null, arrays={"similarity": sim}, inconclusive=inconclusive,
+    label = MATCHED_NULL if "p_matched" in attainable else "uniform null (random sets of the same size)"
+    return ProbeResult(metrics=metrics, cis=cis, null=null, null_label=label, arrays={"similarity": sim},
+                       inconclusive=inconclusive,
                        attainable=attainable)

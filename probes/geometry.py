@@ -26,7 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import compare_to_null, empirical_p_floor, random_sets
 
-from .setstats import CHUNK_ELEMENTS, bootstrap_mean_ci, cosine_matrix, magnitude_matched_sets, unit_rows
+from .setstats import (
+    CHUNK_ELEMENTS,
+    MATCHED_NULL,
+    bootstrap_mean_ci,
+    cosine_matrix,
+    magnitude_matched_sets,
+    unit_rows,
+)
 
 MIN_DELTA_PURITY = 0.1
 """Minimum effect of interest on ``delta_purity`` for a claim that a set is pure: one in ten of a member's
@@ -172,8 +179,9 @@ def pert_neighbour_purity(
         arrays["matched_null"] = null
         arrays["matched_sets"] = null_sets
         attainable["p_matched"] = empirical_p_floor(null)
-    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=null, tables={"neighbours": table},
-                       inconclusive=reason, attainable=attainable)
+    label = MATCHED_NULL if "matched_null" in arrays else "uniform null (random sets of the same size)"
+    return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=null, null_label=label,
+                       tables={"neighbours": table}, inconclusive=reason, attainable=attainable)
 
 
 class CrossModelParams(BaseModel):
@@ -276,6 +284,7 @@ def cross_model_cosine(
         cis={"mean_cosine": (lo, hi), "delta_cosine": (lo - test.null_mean, hi - test.null_mean)},
         arrays={"cosine": per_kd, "rotation_null": rotated},
         null=null,
+        null_label="mismatched-partner null (each knockdown paired with another knockdown of the other model)",
         attainable={"p_mismatched": empirical_p_floor(null), "p_rotation": empirical_p_floor(rotated),
                     "p": max(empirical_p_floor(null), empirical_p_floor(rotated))},
     )

@@ -409,6 +409,7 @@ def routing_coherence(
     attainable = dict.fromkeys(("p_partial", "p_partial_spearman", "p_pearson", "p_spearman", "p_ratio", "p_ari"),
                                floor)
     return ProbeResult(metrics=metrics, cis=cis, arrays=arrays, null=part.null_pearson,
+                       null_label="partial Mantel null (knockdown labels permuted, proximity controlled)",
                        tables={"knockdowns": table}, attainable=attainable)
 
 

@@ -266,3 +266,7 @@ def slot_pair_means(sim: np.ndarray, null_sets: np.ndarray) -> np.ndarray:
     out = total / n_sets
     np.fill_diagonal(out, np.nan)
     return out
+
+
+MATCHED_NULL = "magnitude-matched null (random sets matched member by member for ‖ΔY‖)"
+"""How reports name the magnitude-matched null of the set-clustering and purity probes."""
