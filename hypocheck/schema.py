@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import types
 import typing
@@ -239,23 +238,7 @@ def json_schema() -> dict[str, Any]:
             "required": ["hypotheses"], "additionalProperties": False}],
         "$defs": defs,
     }
-    return _plain_descriptions(schema)
-
-
-def _plain_descriptions(node: Any) -> Any:
-    """``node`` with every ``description`` in plain words (references to the specification dropped)."""
-    if isinstance(node, dict):
-        return {k: plain_words(v) if k == "description" and isinstance(v, str) else _plain_descriptions(v)
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain_descriptions(v) for v in node]
-    return node
-
-
-def plain_words(text: str) -> str:
-    """``text`` without citations of the specification's sections (``SPEC §6``), which users do not have."""
-    text = re.sub(r"SPEC\s*§[\d.,–\-]*\d(?:,\s*)?", "", text)
-    return re.sub(r" {2,}", " ", re.sub(r"\s*\(\s*\)", "", text)).strip()
+    return schema
 
 
 # ------------------------------------------------------------------ the probe catalogue
@@ -302,7 +285,7 @@ def field_entry(name: str, info: FieldInfo) -> dict[str, Any]:
     required = info.is_required()
     default = None if required else to_jsonable_python(info.get_default(call_default_factory=True))
     return {"name": name, "type": type_text(info.annotation, info.metadata), "required": required,
-            "default": default, "description": plain_words(info.description or "")}
+            "default": default, "description": (info.description or "").strip()}
 
 
 def probe_catalog() -> list[dict[str, Any]]:
@@ -312,7 +295,7 @@ def probe_catalog() -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "description": plain_words(spec.description),
+            "description": spec.description.strip(),
             "axes": list(spec.axes),
             "input_arrays": list(spec.input_arrays()),
             "inputs": [field_entry(n, f) for n, f in spec.inputs.model_fields.items()],

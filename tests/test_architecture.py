@@ -11,6 +11,7 @@ start-up imports no heavy library.
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,13 @@ def test_start_up_imports_no_heavy_library() -> None:
                             check=False)
     assert "76 tests collected" in result.stdout or "tests collected" in result.stdout, result.stdout[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]
+
+
+def test_user_facing_text_cites_no_internal_document() -> None:
+    """Users do not have the project's internal specification: nothing they read may cite it."""
+    from hypocheck.schema import json_schema
+
+    texts = {"hypothesis schema": json.dumps(json_schema(), ensure_ascii=False)}
+    for pattern in ("README.md", "docs/*.md", "hypotheses/**/*.yaml", "suite.yaml", "fixtures/suite.example.yaml"):
+        texts |= {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in ROOT.glob(pattern)}
+    assert [name for name, text in texts.items() if "SPEC" in text] == []
