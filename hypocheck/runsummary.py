@@ -154,7 +154,7 @@ class RunSummary:
         baseline = self.config.stash.get(BASELINE_KEY, None)
         extra = ""
         if baseline is not None:
-            self.drift = compare_run(baseline, self.summary, self._selected_in_run(), self.config)
+            self.drift = compare_run(baseline, self.summary, _selection(self.config), self.config)
             self.summary["drift"] = self.drift
             extra = drift_markdown(self.drift)
             if alluredir is not None:
@@ -193,9 +193,6 @@ class RunSummary:
             narrowed.append("paths " + " ".join(args))
         chosen = [n for n in narrowed if n]
         return "the run was narrowed (" + "; ".join(chosen) + ")" if chosen else None
-
-    def _selected_in_run(self) -> Callable[[str], bool]:
-        return _selection(self.config)
 
     # ---------------------------------------------------------------- terminal
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -21,7 +21,7 @@ the summary and the baseline all show this one. What goes into it:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -94,7 +94,7 @@ class CaseVerdict:
         return cls(**data)
 
     def with_run_bh(self, p_run_bh: float | None) -> CaseVerdict:
-        return CaseVerdict(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "p_run_bh": p_run_bh})
+        return replace(self, p_run_bh=p_run_bh)
 
 
 def error_verdict(case_id: str, reason: str, location: str, *, hypothesis: str = "", claim: str = "",
