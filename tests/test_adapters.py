@@ -668,3 +668,37 @@ def test_sae_bad_files(tmp_path: Path) -> None:
     (root / "sae_weights.safetensors").write_bytes(b"junk")
     with pytest.raises(ModelLoadError, match="cannot read safetensors"):
         SparseAutoencoder.load(root)
+
+
+def test_identity_rotary_is_skipped_bit_for_bit(bidi: STAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """arc-state's NoRoPE makes the rotary step the identity: skipping it changes no bit of outputs or JVPs."""
+    from hypocheck.fixtures import st_adapter
+
+    assert bidi._identity_rotary, "the tiny Llama backbone uses NoRoPE: the skip should be active"
+    basal, batch = control_sentence(6)
+    r = bidi.encode_perturbation(bidi.onehot(["KD01", "KD03"]))
+    tangent = torch.linspace(-1, 1, r.numel()).reshape(r.shape)
+
+    def outputs() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return torch.func.jvp(lambda rr: bidi.forward_from_repr(rr, basal, batch).mean(1), (r,), (tangent,))
+
+    from transformers.models.llama import modeling_llama
+
+    calls = []
+    original = modeling_llama.apply_rotary_pos_emb
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", counted)
+    skipped = outputs()
+    assert not calls, "the rotary step ran although it is the identity"
+    monkeypatch.setattr(bidi, "_identity_rotary", False)
+    rotated = outputs()
+    assert calls, "with the skip off the rotary step runs"
+    for a, b in zip(skipped, rotated, strict=True):
+        assert torch.equal(a, b)
+    # a backbone whose rotary embedding is not NoRoPE keeps its rotary step
+    assert not st_adapter._rotary_is_identity(torch.nn.Module())
