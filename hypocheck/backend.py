@@ -26,9 +26,10 @@ DEFAULT_BACKEND = "suite"
 class RunOptions:
     """How a context computes and keeps heavy artifacts in this run."""
 
-    cache_dir: Path
+    cache_dir: Path | str  # a directory, or an fsspec URL (s3://bucket/prefix) every node can reach
     use_cache: bool = True
     progress: bool = False
+    ray_address: str | None = None  # --ray ADDRESS: heavy artifacts' chunks run as tasks on that Ray cluster
 
 
 class ProbeContext(Protocol):

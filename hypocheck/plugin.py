@@ -15,8 +15,12 @@ as one usage error.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from . import allure_report, hookspecs
+from . import allure_report, hookspecs, progress
 from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, backend_factory
 from .baseline import case_fingerprints
 from .cases import Case, expand
@@ -80,10 +84,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "default: <rootdir>/.hypocheck-cache)")
     group.addoption("--no-artifact-cache", action="store_true", help="compute everything afresh, store nothing")
     group.addoption("--clear-artifact-cache", action="store_true", help="drop the artifact cache before the run")
+    group.addoption("--ray", default=None, metavar="ADDRESS",
+                    help="compute heavy artifacts' chunks as tasks on the Ray cluster at ADDRESS ('auto' = the one "
+                         "`ray start` made on this node; HOST:PORT); needs pip install 'hypocheck[ray]' and a "
+                         "cache every node reaches (--artifact-cache on a shared path or an s3:// URL)")
+    group.addoption("--hypocheck-progress", default=None, choices=progress.MODES,
+                    help="show each running case's stage and ETA, and a line per finished case: auto (a live "
+                         "status line on a terminal, plain lines otherwise), lines, off (default: the ini option "
+                         "hypocheck_progress, else auto)")
     parser.addini("hypocheck_files", "glob patterns of hypothesis files, matched against the file name and the "
                   "rootdir-relative path (default: YAML files in a 'hypotheses' folder, and *.hyp.yaml)",
                   type="linelist", default=[])
     parser.addini("hypocheck_suite", "the suite config file, relative to the rootdir", default=SUITE_FILE)
+    parser.addini("hypocheck_progress", "progress display: auto, lines or off (--hypocheck-progress)",
+                  default="auto")
     parser.addini("hypocheck_backend", "the backend (entry point in 'hypocheck.backends') that reads the suite "
                   "config", default=DEFAULT_BACKEND)
 
@@ -98,6 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.help or config.option.version:
         return
     config.stash[BASELINE_KEY] = load_baseline(config)
+    _configure_progress(config)
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(RunSummary(config), "hypocheck-summary")
         if config.getoption("--clear-artifact-cache"):
@@ -106,8 +121,85 @@ def pytest_configure(config: pytest.Config) -> None:
             ArtifactCache(artifact_cache_dir(config)).clear()  # controller only, before workers start
 
 
-def artifact_cache_dir(config: pytest.Config) -> Path:
+PROGRESS_DIR = "hypocheck_progress_dir"
+PROGRESS_PLUGIN = "hypocheck-progress"
+
+
+def _configure_progress(config: pytest.Config) -> None:
+    """Workers publish their stages into the run's progress folder; the controller renders them."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        if workerinput.get(PROGRESS_DIR):
+            worker = str(workerinput["workerid"])
+            path = Path(workerinput[PROGRESS_DIR]) / f"{worker}.json"
+            progress.install(progress.Publisher(path, worker).start())
+        return
+    try:
+        mode = progress.resolve_mode(config.getoption("--hypocheck-progress"), config.getini("hypocheck_progress"),
+                                     sys.stdout.isatty())
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if mode != "off" and not config.option.collectonly:
+        config.pluginmanager.register(ProgressPlugin(config, live=mode == "live"), PROGRESS_PLUGIN)
+
+
+class ProgressPlugin:
+    """Controller side of the progress display: a per-run folder the workers write their stages to, and the
+    reporter thread that renders them (``hypocheck.progress``)."""
+
+    def __init__(self, config: pytest.Config, live: bool) -> None:
+        self.config = config
+        self.live = live
+        self.directory = Path(tempfile.mkdtemp(prefix="hypocheck-progress-"))
+        self.reporter: progress.ProgressReporter | None = None
+        self._terminal: Any = None
+        self._own: progress.Publisher | None = None
+        self._previous: progress.Publisher | None = None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[PROGRESS_DIR] = str(self.directory)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None:
+            return
+        self._terminal = terminal._tw
+        screen = progress.Screen(self._terminal._file, self.live, width=lambda: int(self._terminal.fullwidth))
+        self._terminal._file = screen
+        self.reporter = progress.ProgressReporter(self.directory, screen)
+        self.reporter.start()
+        if not self.config.pluginmanager.has_plugin("dsession"):  # no xdist workers: this process runs the cases
+            self._own = progress.Publisher(self.directory / "main.json", "").start()
+            self._previous = progress.install(self._own)
+
+    def finished(self, line: str) -> None:
+        """Print a finished case's line (from the run summary's record)."""
+        if self.reporter is not None:
+            self.reporter.finished(line)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._own is not None:  # a run inside a run (pytester) gives the outer one its publisher back
+            progress.install(self._previous)
+            self._own.close()
+            self._own = None
+        if self.reporter is not None:
+            self.reporter.stop()
+            self.reporter = None
+        if self._terminal is not None and isinstance(self._terminal._file, progress.Screen):
+            self._terminal._file = self._terminal._file._stream
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def artifact_cache_dir(config: pytest.Config) -> Path | str:
+    """``--artifact-cache``: a directory (relative to where pytest was started) or an fsspec URL (kept as given)."""
     option = config.getoption("--artifact-cache")
+    if option and "://" in option:
+        return str(option)
     return (config.invocation_params.dir / option).resolve() if option else Path(config.rootpath) / ".hypocheck-cache"
 
 
@@ -198,6 +290,32 @@ def _family(config: pytest.Config, path: str | Path) -> str:
     return allure_report.family_of(path)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Costliest first, cases that share heavy artifacts side by side (longest-processing-time order).
+
+    xdist hands workers consecutive runs of items, so a group's artifact is computed once by one worker while
+    the other computes the next group's, and both finish together. Order never changes results; a backend
+    without a ``schedule(case) -> (cost, group)`` method, or a reordering plugin running after this, wins.
+    """
+    hint = getattr(backend_of(config), "schedule", None) if any(isinstance(i, CaseItem) for i in items) else None
+    if hint is None:
+        return
+    keys = {id(item): hint(item.case) for item in items if isinstance(item, CaseItem)}
+    group_cost: dict[str, float] = {}
+    for cost, group in keys.values():
+        group_cost[group] = group_cost.get(group, 0.0) + cost
+    order = {id(item): i for i, item in enumerate(items)}
+
+    def key(item: pytest.Item) -> tuple[float, str, int]:
+        if id(item) not in keys:
+            return (0.0, "", order[id(item)])
+        group = keys[id(item)][1]
+        return (-group_cost[group], group, order[id(item)])
+
+    items.sort(key=key)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_hypothesis_file(file_path, parent.config):
         return HypothesisFileCollector.from_parent(parent, path=file_path)
@@ -211,6 +329,7 @@ def hypocheck_context(pytestconfig: pytest.Config) -> ProbeContext:
         cache_dir=artifact_cache_dir(pytestconfig),
         use_cache=not pytestconfig.getoption("--no-artifact-cache"),
         progress=pytestconfig.getoption("capture") == "no",  # progress bars of long Jacobian runs under -s
+        ray_address=pytestconfig.getoption("--ray"),
     )
     return backend_of(pytestconfig).context(options)
 
@@ -309,6 +428,27 @@ def _error_record(case: Case | None, case_id: str, error: BaseException, locatio
                          holds_if=case.hypothesis.holds_if).to_json()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """A case's name goes to the progress display while it runs."""
+    if not isinstance(item, CaseItem):
+        return (yield)
+    progress.begin_case(item.case.case_id)
+    try:
+        return (yield)
+    finally:
+        progress.end_case()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    """A case's fixtures (the models, the data) build under the stage "loading"."""
+    if not isinstance(item, CaseItem):
+        return (yield)
+    with progress.stage("loading"):
+        return (yield)
+
+
 def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -> None:
     """The body of every case item: inputs → probe → verdict (decided once) → record → the same pytest outcome."""
     item = request.node
@@ -318,11 +458,17 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
     if reporting:
         allure_report.start_case(case, _family(item.config, item.path))
     try:
-        inputs = hypocheck_context.prepare(case)
-        result = case.probe.fn(**inputs, params=case.params, rng=np.random.default_rng(case.seed))
+        with progress.stage("inputs"):
+            inputs = hypocheck_context.prepare(case)
+        with progress.stage(f"probe {case.probe.name}"):
+            result = case.probe.fn(**inputs, params=case.params, rng=np.random.default_rng(case.seed))
         if not isinstance(result, ProbeResult):
             raise TypeError(f"probe {case.probe.name!r} returned {type(result).__name__}, not ProbeResult")
-        verdict = with_controls(case, judge(case, result), hypocheck_context)
+        with progress.stage("verdict and controls"):
+            judged = judge(case, result)
+            if input_notes := [str(n) for n in getattr(inputs, "notes", ())]:  # how the inputs were computed
+                judged = dataclasses.replace(judged, notes=[*judged.notes, *input_notes])
+            verdict = with_controls(case, judged, hypocheck_context)
     except Exception as exc:  # a crashing probe or model is an error of the run, not a missing case
         item.user_properties.append((ENV_KEY, dict(hypocheck_context.environment())))
         item.user_properties.append((RECORD_KEY, _error_record(case, case.case_id, exc, str(case.location),

@@ -8,6 +8,7 @@ from any output.
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 from collections.abc import Callable, Mapping
@@ -84,6 +85,23 @@ def case_id_of(nodeid: str) -> str:
     return f"{Path(file).stem}::{name}" if name != "<load>" else nodeid
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
+def finished_line(record: CaseVerdict, seconds: float) -> str:
+    """The progress display's line for a finished case, read from its one verdict record (never re-decided):
+    ``PASS  file::case[axes]  effect delta=0.42 [0.31, 0.55]  p 0.002  (12.4 s)``."""
+    head = f"{record.verdict.upper():<5} {record.id}"
+    if record.verdict == "error":
+        return f"{head}  could not run: {' '.join(record.reason.split())[:120]}  ({seconds:.1f} s)"
+    effect = (f"  effect {record.effect_metric}={_num(record.effect)} [{_num(record.ci[0])}, {_num(record.ci[1])}]"
+              if record.effect_metric and record.effect is not None else "")
+    p = f"  p {_num(record.p)}" if record.p is not None else ""
+    why = f"  {' '.join(record.reason.split())[:100]}" if record.verdict == "inconclusive" else ""
+    return f"{head}{effect}{p}{why}  ({seconds:.1f} s)"
+
+
 def merge_environment(into: dict[str, Any], reported: Mapping[str, Any]) -> None:
     """Merge one worker's environment into the run's: nested mappings (e.g. models loaded) are unioned,
     since each xdist worker loads only the models its cases need."""
@@ -107,6 +125,7 @@ class RunSummary:
         self.saved_baseline: Path | None = None
         self.partial_note: str | None = None
         self.collected = 0
+        self.durations: dict[str, float] = {}
 
     # ---------------------------------------------------------------- what should run
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -119,6 +138,8 @@ class RunSummary:
     # ---------------------------------------------------------------- what did run
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props: dict[str, Any] = dict(report.user_properties)
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + float(report.duration or 0.0)
+        known = report.nodeid in self.records
         if ENV_KEY in props:
             merge_environment(self.environment, props[ENV_KEY])
         if RECORD_KEY in props and report.nodeid not in self.records:
@@ -131,6 +152,10 @@ class RunSummary:
                 reason = f"never finished: {str(report.longrepr).strip().splitlines()[0]}"
             self.records[report.nodeid] = error_verdict(case_id_of(report.nodeid), reason, report.nodeid,
                                                         nodeid=report.nodeid)
+        if not known and report.nodeid in self.records:
+            display = self.config.pluginmanager.get_plugin("hypocheck-progress")
+            if display is not None:
+                display.finished(finished_line(self.records[report.nodeid], self.durations[report.nodeid]))
 
     def _unfinished(self, session: pytest.Session) -> list[CaseVerdict]:
         if self.config.option.collectonly:

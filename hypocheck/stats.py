@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .progress import stage
+
 
 def derive_seed(base_seed: int, key: str) -> int:
     """A 32-bit seed from a base seed and a stable text key (a case id): order- and worker-independent."""
@@ -102,10 +104,16 @@ def bootstrap_ci(
         return (np.nan, np.nan)
     from scipy import stats
 
-    res = stats.bootstrap(
-        (units,), statistic, n_resamples=n_resamples, confidence_level=level,
-        method="percentile", vectorized=False, random_state=rng,
-    )
+    with stage("bootstrap resamples", total=n_resamples) as shown:
+
+        def counted(sample: np.ndarray) -> float:  # one call per resample (vectorized=False)
+            shown.update()
+            return statistic(sample)
+
+        res = stats.bootstrap(
+            (units,), counted, n_resamples=n_resamples, confidence_level=level,
+            method="percentile", vectorized=False, random_state=rng,
+        )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

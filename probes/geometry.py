@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from hypocheck.progress import stage
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import compare_to_null, empirical_p_floor, random_sets
 
@@ -66,12 +67,14 @@ def set_purity(neighbours: np.ndarray, sets: np.ndarray) -> np.ndarray:
     n_sets, m = sets.shape
     out = np.empty(n_sets)
     step = max(1, CHUNK_ELEMENTS // max(n, m * k))
-    for start in range(0, n_sets, step):
-        block = sets[start : start + step]
-        inside = np.zeros((block.shape[0], n), dtype=bool)
-        np.put_along_axis(inside, block, True, axis=1)
-        hits = np.take_along_axis(inside, neighbours[block].reshape(block.shape[0], m * k), axis=1)
-        out[start : start + step] = hits.mean(axis=1)
+    with stage("null sets (purity)", total=n_sets) as shown:
+        for start in range(0, n_sets, step):
+            block = sets[start : start + step]
+            inside = np.zeros((block.shape[0], n), dtype=bool)
+            np.put_along_axis(inside, block, True, axis=1)
+            hits = np.take_along_axis(inside, neighbours[block].reshape(block.shape[0], m * k), axis=1)
+            out[start : start + step] = hits.mean(axis=1)
+            shown.update(block.shape[0])
     return out
 
 
@@ -218,11 +221,13 @@ def rotation_null(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generator
     k = basis_a.shape[1]
     alpha, beta = a @ basis_a, b @ basis_b  # m × k coordinates
     out = np.empty(n)
-    for start in range(0, n, ROTATION_CHUNK):
-        size = min(ROTATION_CHUNK, n - start)
-        frame, r = np.linalg.qr(rng.normal(size=(size, dim, k)))
-        frame = frame * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
-        out[start : start + size] = np.einsum("ia,rab,ib->r", alpha, frame[:, :k, :], beta) / m
+    with stage("rotation null draws", total=n) as shown:
+        for start in range(0, n, ROTATION_CHUNK):
+            size = min(ROTATION_CHUNK, n - start)
+            frame, r = np.linalg.qr(rng.normal(size=(size, dim, k)))
+            frame = frame * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+            out[start : start + size] = np.einsum("ia,rab,ib->r", alpha, frame[:, :k, :], beta) / m
+            shown.update(size)
     return out
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from scipy import stats
 from scipy.cluster.hierarchy import fcluster, linkage
 
+from hypocheck.progress import stage
+
 CHUNK_ELEMENTS = 4_000_000
 LEVEL = 0.95
 
@@ -96,11 +98,13 @@ def permuted_dots(a: np.ndarray, b: np.ndarray, perms: np.ndarray) -> np.ndarray
     a_flat, b_flat = a3.reshape(a3.shape[0], -1), b3.reshape(b3.shape[0], -1)
     out = np.empty((perms.shape[0], a3.shape[0]))
     step = max(1, CHUNK_ELEMENTS // max(1, n * n))
-    for start in range(0, perms.shape[0], step):
-        block = perms[start : start + step]
-        index = (block[:, :, None] * n + block[:, None, :]).reshape(block.shape[0], -1)
-        for k in range(a3.shape[0]):
-            out[start : start + step, k] = a_flat[k].take(index) @ b_flat[k]
+    with stage("permutations", total=int(perms.shape[0])) as shown:
+        for start in range(0, perms.shape[0], step):
+            block = perms[start : start + step]
+            index = (block[:, :, None] * n + block[:, None, :]).reshape(block.shape[0], -1)
+            for k in range(a3.shape[0]):
+                out[start : start + step, k] = a_flat[k].take(index) @ b_flat[k]
+            shown.update(block.shape[0])
     return out[:, 0] if flat else out
 
 
@@ -193,15 +197,17 @@ def _count_weighted_spearman(x_sim: np.ndarray, y_sim: np.ndarray, counts: np.nd
     y_to_x = np.argsort(order_y, kind="stable")[order_x]  # position in y order of each pair in x order
     out = np.empty(counts.shape[0])
     step = max(1, CHUNK_ELEMENTS // max(1, x.size))
-    for start in range(0, counts.shape[0], step):
-        c = counts[start : start + step]
-        wx = c[:, ix] * c[:, jx]
-        rx = _sorted_weighted_ranks(x_sorted, wx)
-        ry = _sorted_weighted_ranks(y_sorted, c[:, iy] * c[:, jy])[:, y_to_x]
-        wrx, wry = wx * rx, wx * ry
-        out[start : start + step] = _corr_from_moments(
-            wx.sum(axis=1), wrx.sum(axis=1), wry.sum(axis=1), np.einsum("bm,bm->b", wrx, rx),
-            np.einsum("bm,bm->b", wry, ry), np.einsum("bm,bm->b", wrx, ry))
+    with stage("bootstrap draws (Spearman)", total=int(counts.shape[0])) as shown:
+        for start in range(0, counts.shape[0], step):
+            c = counts[start : start + step]
+            wx = c[:, ix] * c[:, jx]
+            rx = _sorted_weighted_ranks(x_sorted, wx)
+            ry = _sorted_weighted_ranks(y_sorted, c[:, iy] * c[:, jy])[:, y_to_x]
+            wrx, wry = wx * rx, wx * ry
+            out[start : start + step] = _corr_from_moments(
+                wx.sum(axis=1), wrx.sum(axis=1), wry.sum(axis=1), np.einsum("bm,bm->b", wrx, rx),
+                np.einsum("bm,bm->b", wry, ry), np.einsum("bm,bm->b", wrx, ry))
+            shown.update(c.shape[0])
     return out
 
 

@@ -702,3 +702,18 @@ def test_identity_rotary_is_skipped_bit_for_bit(bidi: STAdapter, monkeypatch: py
         assert torch.equal(a, b)
     # a backbone whose rotary embedding is not NoRoPE keeps its rotary step
     assert not st_adapter._rotary_is_identity(torch.nn.Module())
+
+
+def test_reading_a_checkpoint_imports_lightning_only_when_it_names_it(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Importing Lightning costs seconds: a checkpoint that names none of its classes is read without it."""
+    import subprocess
+    import sys
+
+    ckpt = next(runs["bidirectional"].rglob("*.ckpt"))
+    code = ("import sys; from hypocheck.fixtures.safe_load import torch_load; "
+            f"ckpt = torch_load({str(ckpt)!r}); "
+            "assert 'state_dict' in ckpt; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('lightning', 'pytorch_lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -5,7 +5,7 @@ start-up imports no heavy library.
   finds them through entry points. Probes import the engine, never the backend.
 - The demo generator (fixtures/demo) and the calibration scripts (probes/calibration) are tools: nothing
   the installed distribution runs imports them.
-- Loading the plugin and collecting the shipped suite import no torch, arc-state or matplotlib.
+- Loading the plugin and collecting the shipped suite import no torch, arc-state, matplotlib or Ray.
 """
 
 from __future__ import annotations
@@ -62,11 +62,26 @@ def test_the_runtime_never_imports_the_tools(path: Path) -> None:
 def test_start_up_imports_no_heavy_library() -> None:
     code = ("import sys, subprocess, pytest\n"
             "pytest.main(['--co', '-q', 'hypotheses', '-p', 'no:cacheprovider'])\n"
-            "print(sorted(m for m in ('torch', 'state', 'matplotlib', 'anndata', 'sklearn') if m in sys.modules))\n")
+            "heavy = ('torch', 'state', 'matplotlib', 'anndata', 'sklearn', 'ray')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             check=False)
     assert "76 tests collected" in result.stdout or "tests collected" in result.stdout, result.stdout[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]
+
+
+def test_a_run_without_a_ray_executor_imports_no_ray() -> None:
+    """Ray is imported by the Ray executor's first map, never by the engine, the backend or a local run."""
+    code = ("import sys\n"
+            "from hypocheck.executor import make_executor\n"
+            "from hypocheck.fixtures import artifacts, backend, config, context, remote\n"
+            "from hypocheck.fixtures.config import ExecutorConfig\n"
+            "assert make_executor(ExecutorConfig().spec()).map(abs, [-1, 2]) == [1, 2]\n"
+            "make_executor({'ray': {'address': 'auto'}})  # configured, not yet used\n"
+            "print('ray' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.stdout.strip().splitlines()[-1:] == ["False"], result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_user_facing_text_cites_no_internal_document() -> None:
