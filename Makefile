@@ -11,7 +11,7 @@ ALLURE_RESULTS := reports/allure-results
 ALLURE_HISTORY := reports/allure-history.jsonl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: demo test report browser lint world bench schema clean-reports
+.PHONY: demo test report browser lint world bench schema clean-reports scale-world bench-suite
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,10 +60,19 @@ lint: $(STAMP)
 world: $(STAMP)
 	$(BIN)/python -m hypocheck.fixtures.demo.build
 
-## make bench: probe timings on the demo world, and the Jacobian engine vs the original method at real sizes
+## make bench: probe timings on the demo world, the Jacobian engine vs the original method at real sizes, sketched vs exact Jacobian Grams
 bench: $(STAMP)
 	$(BIN)/python -m bench.probes_bench
 	$(BIN)/python -m bench.jacobian_bench --cells 64 --kds 3 --orig-genes 200 --jacfwd-kds 1 --threads 1
+	$(BIN)/python -m bench.sketch_bench --threads 1
+
+## make scale-world: generate a world at ST-HVG-Replogle sizes in worlds/scale (2,000 genes, 2,024 perturbations, 4 lines, 8-layer hidden-328 models; 19 min, 403 MB on a busy 2-core CPU)
+scale-world: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m hypocheck.fixtures.demo.scale --out worlds/scale
+
+## make bench-suite: every paper claim on worlds/scale, per probe: time, peak memory, knockdowns (CPU: claims 1-4 on all knockdowns, claim 5 sketched on subsets and extrapolated); writes reports/bench/suite.json
+bench-suite: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.suite_bench --world worlds/scale $(BENCH_ARGS)
 
 ## make schema: regenerate hypothesis.schema.json (editor completion) and docs/probes.md (the probe reference)
 schema: $(STAMP)
