@@ -10,14 +10,13 @@ Usage::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hypocheck.fixtures.jacobians import one_thread as single_thread  # noqa: F401  (re-exported for tests)
 from hypocheck.fixtures.st_rundir import CONTROL_LABEL, STArchitecture, build_st_model, save_run_dir
 
 N_GENES = 48
@@ -29,17 +28,6 @@ GENE_NAMES = [f"GENE{i:02d}" for i in range(N_GENES)]
 PERT_NAMES = [CONTROL_LABEL, *(f"KD{i:02d}" for i in range(N_PERTS - 1))]
 BATCH_NAMES = ["batch_a", "batch_b"]
 CELL_LINES = ["hepg2", "jurkat"]
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread: tiny models are ~100x slower with OpenMP threads on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def tiny_arch(bidirectional: bool = True) -> STArchitecture:
