@@ -53,17 +53,22 @@ def _worker(root: str, counter: str) -> None:
 
     cache.get_or_compute({"artifact": "shared"}, compute)
 
-
-def test_computed_once_across_processes(tmp_path: Path) -> None:
-    counter = tmp_path / "count.txt"
+def _compute_in_processes(root: str, counter: Path, n: int) -> None:
+    """``n`` spawned processes ask ``root`` for one artifact at once: it is computed exactly once."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "c"), str(counter))) for _ in range(4)]
+    procs = [ctx.Process(target=_worker, args=(root, str(counter))) for _ in range(n)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
     assert counter.read_text() == "x"
+
+
+
+def test_computed_once_across_processes(tmp_path: Path) -> None:
+    counter = tmp_path / "count.txt"
+    _compute_in_processes(str(tmp_path / "c"), counter, 4)
 
 
 def _slow_writer(root: str) -> None:
@@ -191,14 +196,7 @@ def test_url_cache_computes_once_across_threads() -> None:
 def test_file_url_cache_computes_once_across_processes(tmp_path: Path) -> None:
     counter = tmp_path / "count.txt"
     url = f"file://{tmp_path / 'c'}"
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(url, str(counter))) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    assert counter.read_text() == "x"
+    _compute_in_processes(url, counter, 3)
     assert ArtifactCache(url).check() == []
     assert not list((tmp_path / "c").rglob("*.lock"))
 
