@@ -50,29 +50,29 @@ test: $(STAMP) $(NODE_STAMP) browser lint
 TYPECHECK_TREE := .typecheck
 
 lint: $(STAMP)
-	$(BIN)/ruff check hypocheck probes fixtures tests bench conftest.py
+	$(BIN)/ruff check hypocheck probes fixtures tests tools conftest.py
 	@rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/hypocheck
 	@for f in hypocheck/*.py; do ln -s "$$PWD/$$f" $(TYPECHECK_TREE)/hypocheck/; done
 	@ln -s "$$PWD/probes" $(TYPECHECK_TREE)/hypocheck/probes && ln -s "$$PWD/fixtures" $(TYPECHECK_TREE)/hypocheck/fixtures
-	$(BIN)/mypy $(TYPECHECK_TREE)/hypocheck bench conftest.py
+	$(BIN)/mypy $(TYPECHECK_TREE)/hypocheck tools conftest.py
 
 ## make world: regenerate the demo world and retrain its models (deterministic)
 world: $(STAMP)
-	$(BIN)/python -m hypocheck.fixtures.demo.build
+	$(BIN)/python -m tools.demo.build
 
 ## make bench: probe timings on the demo world, the Jacobian engine vs the original method at real sizes, sketched vs exact Jacobian Grams
 bench: $(STAMP)
-	$(BIN)/python -m bench.probes_bench
-	$(BIN)/python -m bench.jacobian_bench --cells 64 --kds 3 --orig-genes 200 --jacfwd-kds 1 --threads 1
-	$(BIN)/python -m bench.sketch_bench --threads 1
+	$(BIN)/python -m tools.bench.probes_bench
+	$(BIN)/python -m tools.bench.jacobian_bench --cells 64 --kds 3 --orig-genes 200 --jacfwd-kds 1 --threads 1
+	$(BIN)/python -m tools.bench.sketch_bench --threads 1
 
 ## make scale-world: generate a world at ST-HVG-Replogle sizes in worlds/scale (2,000 genes, 2,024 perturbations, 4 lines, 8-layer hidden-328 models; 19 min, 403 MB on a busy 2-core CPU)
 scale-world: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m hypocheck.fixtures.demo.scale --out worlds/scale
+	OMP_NUM_THREADS=1 $(BIN)/python -m tools.demo.scale --out worlds/scale
 
 ## make bench-suite: every paper claim on worlds/scale, per probe: time, peak memory, knockdowns (CPU: claims 1-4 on all knockdowns, claim 5 sketched on subsets and extrapolated); writes reports/bench/suite.json
 bench-suite: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m bench.suite_bench --world worlds/scale $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m tools.bench.suite_bench --world worlds/scale $(BENCH_ARGS)
 
 ## make schema: regenerate hypothesis.schema.json (editor completion) and docs/probes.md (the probe reference)
 schema: $(STAMP)

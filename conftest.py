@@ -6,4 +6,4 @@ user's repository needs no conftest at all. This file only keeps the demo world'
 configs, the bad-input corpus) out of pytest's way when it is pointed at the whole tree.
 """
 
-collect_ignore_glob = ["fixtures/demo/*", "tests/bad_inputs/*"]
+collect_ignore_glob = ["tools/demo/*", "tests/bad_inputs/*"]

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from .cases import Case
 from .errors import HypocheckError, UnknownNameError
+from .inputs import InputRecord
 
 ENTRY_POINT_GROUP = "hypocheck.backends"
 DEFAULT_BACKEND = "suite"
@@ -35,8 +36,9 @@ class RunOptions:
 class ProbeContext(Protocol):
     """Builds probe inputs for cases, loading models and data the first time a case needs them."""
 
-    def prepare(self, case: Case) -> Mapping[str, Any]:
-        """The probe's keyword inputs (arrays, index sets) for one case."""
+    def prepare(self, case: Case) -> InputRecord | Mapping[str, Any]:
+        """The record of the input kind the case's probe takes (a plain mapping of arrays for a probe that
+        declares no kind)."""
 
     def environment(self) -> Mapping[str, Any]:
         """Fingerprints, device and notes of what this process loaded, for reports."""

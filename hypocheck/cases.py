@@ -112,11 +112,6 @@ def _check_keys(hyp: Hypothesis, doc: SourceDoc, base: KeyPath, vocabulary: Mapp
                     raise UnknownNameError("axis value", part, values, doc.locate((*base, section, key), at_key=True))
 
 
-def _is_p_value(metric: str, spec: ProbeSpec) -> bool:
-    """Whether a probe's metric is a p-value (its declared p, or named 'p' / 'p_…')."""
-    return metric == spec.p or metric == "p" or metric.startswith("p_")
-
-
 def _validated(model: type[pydantic.BaseModel], data: Mapping[str, Any], section: str, kind: str,
                doc: SourceDoc, base: KeyPath) -> pydantic.BaseModel:
     """``data`` (a hypothesis's ``params:`` or ``inputs:``) validated by the probe's model, errors at file:line."""
@@ -177,7 +172,7 @@ def expand(
                     metric, produced, doc.locate((*base, "expect", i)),
                 )
         for metric, (low, high) in literal_bounds(exp).items():
-            if _is_p_value(metric, spec) and (low > 1 or high < 0):
+            if spec.kind_of(metric) == "p" and (low > 1 or high < 0):
                 raise HypothesisFileError(
                     f"'{exp.source}' can never hold: {metric!r} is a p-value, in [0, 1]",
                     doc.locate((*base, "expect", i)),
@@ -196,7 +191,7 @@ def expand(
     location = doc.locate((*base, "id"), at_key=True)
     axes_names = list(hyp.cases)
     p_metrics = sorted({m for exp in expectations for m in upper_p_bounds(exp, spec.p, hyp.alpha)
-                        if _is_p_value(m, spec)})
+                        if spec.kind_of(m) == "p"})
     n_cases = math.prod(len(hyp.cases[a]) for a in axes_names)
     min_effect = hyp.min_effect
     if min_effect is None and p_metrics and hyp.effect in (None, spec.effect):

@@ -18,7 +18,6 @@ import numpy as np
 
 from .backend import ProbeContext
 from .cases import Case
-from .registry import ProbeResult
 from .verdict import CaseVerdict, judge
 
 CONTROL_SEPARATOR = "~"
@@ -41,9 +40,7 @@ def with_controls(case: Case, verdict: CaseVerdict, context: ProbeContext) -> Ca
     specific: bool | None = None
     for kind in case.hypothesis.controls:
         twin = control_case(case, kind)
-        result = case.probe.fn(**context.prepare(twin), params=twin.params, rng=np.random.default_rng(twin.seed))
-        if not isinstance(result, ProbeResult):
-            raise TypeError(f"probe {case.probe.name!r} returned {type(result).__name__}, not ProbeResult")
+        result = case.probe.run(context.prepare(twin), params=twin.params, rng=np.random.default_rng(twin.seed))
         judged = judge(twin, result)
         results[kind] = {"verdict": judged.verdict, "effect": judged.effect, "ci": list(judged.ci), "p": judged.p}
         if verdict.verdict != "pass":

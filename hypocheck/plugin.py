@@ -34,7 +34,6 @@ from .baseline import case_fingerprints
 from .cases import Case, expand
 from .controls import with_controls
 from .errors import HypocheckError, HypothesisFileError, Location
-from .registry import ProbeResult
 from .runsummary import (
     BASELINE_KEY,
     EMPTY_DIRS_KEY,
@@ -461,9 +460,7 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
         with progress.stage("inputs"):
             inputs = hypocheck_context.prepare(case)
         with progress.stage(f"probe {case.probe.name}"):
-            result = case.probe.fn(**inputs, params=case.params, rng=np.random.default_rng(case.seed))
-        if not isinstance(result, ProbeResult):
-            raise TypeError(f"probe {case.probe.name!r} returned {type(result).__name__}, not ProbeResult")
+            result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
         with progress.stage("verdict and controls"):
             judged = judge(case, result)
             if input_notes := [str(n) for n in getattr(inputs, "notes", ())]:  # how the inputs were computed

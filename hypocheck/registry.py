@@ -5,20 +5,21 @@ Usage::
     class Params(pydantic.BaseModel):
         null_sets: int = 1000
 
-    class Inputs(pydantic.BaseModel):      # the hypothesis's `inputs:` (how the backend builds the arrays)
-        layer: int | None = None
-
-    @probe("pert_embedding_clustering", params=Params, inputs=Inputs, axes=("model", "gene_set"),
-           metrics=("within_mean_cosine", "background_mean_cosine", "z", "p"), effect="z", p="p")
+    @probe("pert_embedding_clustering", params=Params, takes=SetEmbeddings, axes=("model", "gene_set"),
+           metrics=("within_mean_cosine", "background_mean_cosine", "z", "p", "n_members"), effect="z", p="p",
+           kinds={"observed": ("within_mean_cosine",), "count": ("n_members",)})
     def pert_embedding_clustering(*, embeddings, members, params, rng) -> ProbeResult:
         ...
 
 A probe is a pure function of arrays, its parameters and a seeded
 ``numpy.random.Generator``; it never reads files, YAML or globals, and it never
-judges its own result: expectations are evaluated by the engine. Its keyword
-arguments (other than ``params`` and ``rng``) are the arrays it needs; its
-``inputs`` model is what a hypothesis may say about how they are built. Both are
-checked when hypothesis files are collected.
+judges its own result: expectations are evaluated by the engine. It declares the
+input kind it ``takes`` (:mod:`hypocheck.inputs`): its keyword arguments (other
+than ``params`` and ``rng``) are fields of that record, which the backend's
+provider of the kind builds; the kind's ``options`` model is what a hypothesis's
+``inputs:`` may say about how. It declares what each metric means (``kinds``):
+the effect and the p-value of record, other p-values, the observed statistic, counts;
+a metric it does not name is descriptive. Nothing reads meaning from a metric's name.
 
 Probes are found through the ``hypocheck.probes`` entry-point group: each entry
 names a module whose import registers probes (this distribution's is
@@ -32,16 +33,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pydantic
 
 from .errors import HypocheckError, UnknownNameError
+from .inputs import Arrays, InputRecord, as_record
 
 ENTRY_POINT_GROUP = "hypocheck.probes"
 
 ProbeFn = Callable[..., "ProbeResult"]
+
+MetricKind = Literal["effect", "p", "observed", "descriptive", "count"]
+"""What a probe's metric is: an effect size, a p-value, the observed statistic a null is drawn against, a count
+(of members, knockdowns, genes), or a descriptive figure. Declared by the probe."""
+BoundKind = Literal["ci_low", "ci_high"]
+"""The engine's own ``<metric>_ci_low`` / ``<metric>_ci_high`` names: the bounds of a metric's CI."""
+METRIC_KINDS: tuple[str, ...] = get_args(MetricKind)
 
 
 @dataclass(frozen=True)
@@ -75,12 +84,14 @@ class ProbeResult:
 
 
 class NoParams(pydantic.BaseModel):
-    """Parameters (or input options) of a probe that takes none."""
+    """Parameters of a probe that takes none."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
 
-NoInputs = NoParams
+def _keyword_inputs(fn: ProbeFn) -> tuple[str, ...]:
+    """The inputs a probe function takes: its keyword arguments other than ``params`` and ``rng``."""
+    return tuple(n for n in inspect.signature(fn).parameters if n not in {"params", "rng"})
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ class ProbeSpec:
     name: str
     fn: ProbeFn
     params: type[pydantic.BaseModel]
-    inputs: type[pydantic.BaseModel]
+    takes: type[InputRecord]
     axes: tuple[str, ...]
     metrics: tuple[str, ...]
     effect: str
@@ -99,6 +110,13 @@ class ProbeSpec:
     min_effect: float | None = None
     """Minimum effect of interest on ``effect`` for a claim of presence (``None``: the probe has no presence
     claim, e.g. a test of absence or of equivalence)."""
+    metric_kinds: Mapping[str, MetricKind] = field(default_factory=dict)
+    """What each metric is (every declared metric has one; see :data:`MetricKind`)."""
+
+    @property
+    def inputs(self) -> type[pydantic.BaseModel]:
+        """The options a hypothesis's ``inputs:`` may set: those of the input kind the probe takes."""
+        return self.takes.options
 
     def metric_names(self) -> set[str]:
         """Metrics an expectation may name: the declared ones and the CI bounds of each."""
@@ -106,10 +124,48 @@ class ProbeSpec:
         names |= {f"{m}_ci_low" for m in self.metrics} | {f"{m}_ci_high" for m in self.metrics}
         return names
 
+    def kind_of(self, name: str) -> MetricKind | BoundKind | None:
+        """What metric ``name`` is (a CI bound of a declared metric included); ``None`` for an unknown name."""
+        if name in self.metric_kinds:
+            return self.metric_kinds[name]
+        for suffix in ("_ci_low", "_ci_high"):
+            if name.endswith(suffix) and name[: -len(suffix)] in self.metric_kinds:
+                return "ci_low" if suffix == "_ci_low" else "ci_high"
+        return None
+
+    def metrics_of_kind(self, kind: MetricKind) -> tuple[str, ...]:
+        """The declared metrics of ``kind``, in declaration order."""
+        return tuple(m for m in self.metrics if self.metric_kinds.get(m) == kind)
+
     def input_arrays(self) -> tuple[str, ...]:
         """The arrays the probe function takes (its keyword arguments other than ``params`` and ``rng``)."""
-        signature = inspect.signature(self.fn)
-        return tuple(n for n in signature.parameters if n not in {"params", "rng"})
+        return _keyword_inputs(self.fn)
+
+    def run(self, inputs: InputRecord | Mapping[str, Any], *, params: pydantic.BaseModel,
+            rng: np.random.Generator) -> ProbeResult:
+        """The probe on ``inputs`` (a record of the kind it takes): the one way every caller runs a probe."""
+        record = as_record(self.takes, inputs)
+        result = self.fn(**record.arguments(self.input_arrays()), params=params, rng=rng)
+        if not isinstance(result, ProbeResult):
+            raise TypeError(f"probe {self.name!r} returned {type(result).__name__}, not ProbeResult")
+        return result
+
+
+def _declared_kinds(name: str, metrics: tuple[str, ...], effect: str, p: str | None,
+                    kinds: Mapping[str, tuple[str, ...]]) -> dict[str, MetricKind]:
+    """Each metric's kind: ``effect`` and ``p`` as named, the ``kinds`` lists, descriptive otherwise."""
+    declared: dict[str, MetricKind] = dict.fromkeys(metrics, "descriptive")
+    for kind, names in kinds.items():
+        if kind not in METRIC_KINDS:
+            raise ValueError(f"probe {name!r}: unknown metric kind {kind!r}; valid: {', '.join(METRIC_KINDS)}")
+        for metric in names:
+            if metric not in declared:
+                raise ValueError(f"probe {name!r}: {kind} metric {metric!r} is not among its metrics {metrics}")
+            declared[metric] = kind  # type: ignore[assignment]
+    declared[effect] = "effect"
+    if p is not None:
+        declared[p] = "p"
+    return declared
 
 
 _REGISTRY: dict[str, ProbeSpec] = {}
@@ -122,21 +178,29 @@ def probe(
     effect: str,
     p: str | None = None,
     params: type[pydantic.BaseModel] = NoParams,
-    inputs: type[pydantic.BaseModel] = NoInputs,
+    takes: type[InputRecord] = Arrays,
+    kinds: Mapping[str, tuple[str, ...]] | None = None,
     axes: tuple[str, ...] = (),
     min_effect: float | None = None,
 ) -> Callable[[ProbeFn], ProbeFn]:
-    """Register ``fn`` as the probe ``name``."""
+    """Register ``fn`` as the probe ``name``, taking records of kind ``takes``; ``kinds`` maps a metric kind
+    (``"p"``, ``"observed"``, ``"count"``, ``"effect"``) to the metrics of that kind."""
     if effect not in metrics or (p is not None and p not in metrics):
         raise ValueError(f"probe {name!r}: effect {effect!r} and p {p!r} must be among its metrics {metrics}")
+    metric_kinds = _declared_kinds(name, metrics, effect, p, kinds or {})
 
     def register(fn: ProbeFn) -> ProbeFn:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"probe {name!r} is registered twice ({existing.fn.__module__}, {fn.__module__})")
+        fields = takes.argument_names()
+        unknown = [a for a in _keyword_inputs(fn) if a not in fields]
+        if takes is not Arrays and unknown:
+            raise ValueError(f"probe {name!r} takes {unknown}, which are not fields of its input kind "
+                             f"{takes.kind()} ({', '.join(fields)})")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ProbeSpec(name, fn, params, inputs, axes, metrics, effect, p, doc[0] if doc else "",
-                                    min_effect)
+        _REGISTRY[name] = ProbeSpec(name, fn, params, takes, axes, metrics, effect, p, doc[0] if doc else "",
+                                    min_effect, MappingProxyType(metric_kinds))
         return fn
 
     return register

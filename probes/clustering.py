@@ -16,14 +16,13 @@ perturbations can make it cluster.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import empirical_p_floor
 
+from .kinds import LayerFeatures
 from .setstats import (
     MATCHED_NULL,
     SetClustering,
@@ -39,15 +38,6 @@ cosine c) beyond what magnitude-matched sets share. Smaller gains are within wha
 cell sentence moves."""
 
 
-class OutputFeatureInputs(BaseModel):
-    """How the per-knockdown output features are made."""
-
-    model_config = ConfigDict(extra="forbid")
-    layer: int | None = Field(None, ge=1, description="Backbone block (1-based); default: the SAE's layer, "
-                                                        "else the middle block.")
-    features: Literal["auto", "sae", "residual"] = Field(
-        "auto", description="SAE features of the residual stream, or the stream itself (auto: SAE features when "
-                            "an SAE for this model is configured).")
 
 
 class OutputClusteringParams(BaseModel):
@@ -90,6 +80,9 @@ CLUSTERING_METRICS = (
 ABSENCE_METRICS = (*CLUSTERING_METRICS, "reference_effect", "power", "minimal_detectable_effect",
                    "reference_excluded")
 P_METRICS = ("p", "p_matched", "p_specific")
+CLUSTERING_KINDS = {"p": P_METRICS, "observed": ("within_mean_cosine",), "count": ("match_neighbours", "n_members"),
+                    "effect": ("z", "z_matched", "z_specific", "delta_cosine_uniform", "delta_cosine_specific")}
+ABSENCE_KINDS = CLUSTERING_KINDS
 
 
 def noeffect_floor_of(magnitude: np.ndarray, quantile: float) -> float:
@@ -168,9 +161,10 @@ def _attainable_nan() -> dict[str, float]:
 @probe(
     "output_set_clustering",
     params=OutputClusteringParams,
-    inputs=OutputFeatureInputs,
+    takes=LayerFeatures,
     axes=("model", "cell_line", "gene_set"),
     metrics=CLUSTERING_METRICS,
+    kinds=CLUSTERING_KINDS,
     effect="delta_cosine",
     p="p_matched",
     min_effect=MIN_DELTA_COSINE,
@@ -251,9 +245,10 @@ def absence_gaps(p_matched: float, ci: tuple[float, float], power: float, params
 @probe(
     "output_set_absence",
     params=OutputAbsenceParams,
-    inputs=OutputFeatureInputs,
+    takes=LayerFeatures,
     axes=("model", "cell_line", "gene_set"),
     metrics=ABSENCE_METRICS,
+    kinds=ABSENCE_KINDS,
     effect="delta_cosine",
     p="p_matched",
 )

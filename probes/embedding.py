@@ -18,6 +18,7 @@ from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import empirical_p_floor
 
 from .clustering import MIN_DELTA_COSINE
+from .kinds import SetEmbeddings
 from .setstats import (
     MATCHED_NULL,
     background_mean,
@@ -50,8 +51,11 @@ class EmbeddingClusteringParams(BaseModel):
 @probe(
     "pert_embedding_clustering",
     params=EmbeddingClusteringParams,
+    takes=SetEmbeddings,
     axes=("model", "gene_set"),
     metrics=EMBEDDING_METRICS,
+    kinds={"p": ("p", "p_matched"), "observed": ("within_mean_cosine",), "count": ("n_members",),
+           "effect": ("z", "z_matched", "delta_cosine_uniform")},
     effect="delta_cosine",
     p="p_matched",
     min_effect=MIN_DELTA_COSINE,

@@ -27,6 +27,7 @@ from hypocheck.progress import stage
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import compare_to_null, empirical_p_floor, random_sets
 
+from .kinds import PairedEmbeddings, SetEmbeddings
 from .setstats import (
     CHUNK_ELEMENTS,
     MATCHED_NULL,
@@ -46,11 +47,6 @@ representations share at least cos² = 1 % of their direction on average. Below 
 way" in any sense that carries over from one model to the other, however many knockdowns make it significant."""
 
 
-class CrossModelInputs(BaseModel):
-    """The second model of a cross-model comparison."""
-
-    model_config = ConfigDict(extra="forbid")
-    other_model: str = Field(..., description="The model whose embeddings are compared with the case's model.")
 
 
 def nearest_neighbours(sim: np.ndarray, k: int) -> np.ndarray:
@@ -103,8 +99,11 @@ PURITY_METRICS = (
 @probe(
     "pert_neighbour_purity",
     params=NeighbourPurityParams,
+    takes=SetEmbeddings,
     axes=("model", "gene_set"),
     metrics=PURITY_METRICS,
+    kinds={"p": ("p", "p_matched"), "observed": ("mean_purity",), "count": ("match_neighbours", "k", "n_members"),
+           "effect": ("z", "z_matched", "delta_purity_uniform")},
     effect="delta_purity",
     p="p_matched",
     min_effect=MIN_DELTA_PURITY,
@@ -231,7 +230,9 @@ def rotation_null(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generator
     return out
 
 
-@probe("cross_model_cosine", params=CrossModelParams, inputs=CrossModelInputs, axes=(), metrics=CROSS_METRICS,
+@probe("cross_model_cosine", params=CrossModelParams, takes=PairedEmbeddings, axes=(), metrics=CROSS_METRICS,
+       kinds={"p": ("p_mismatched", "p_rotation", "p"), "observed": ("mean_cosine",), "count": ("n_kds",),
+              "effect": ("delta_cosine", "z", "z_rotation")},
        effect="mean_cosine", p="p", min_effect=MIN_CROSS_MODEL_COSINE)
 def cross_model_cosine(
     *, embeddings_a: np.ndarray, embeddings_b: np.ndarray, members: np.ndarray | None = None,

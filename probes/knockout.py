@@ -17,17 +17,8 @@ from scipy import stats
 
 from hypocheck.registry import ProbeResult, probe
 
+from .kinds import KnockoutProfiles
 from .setstats import bootstrap_difference_ci, bootstrap_mean_ci, mean_difference
-
-
-class KnockoutInputs(BaseModel):
-    """Which genes are knocked out in silico, and in which two lines."""
-
-    model_config = ConfigDict(extra="forbid")
-    lines: tuple[str, str] | None = Field(None, description="The two cell lines (default: the first two configured).")
-    genes: list[str] | None = Field(None, description="Input genes to knock out (default: the most expressed).")
-    max_genes: int = Field(200, ge=2, description="At most this many genes when `genes` is not given.")
-    min_mean: float = Field(0.1, ge=0, description="Expressed = control-sentence mean above this in both lines.")
 
 
 class KnockoutTransferParams(BaseModel):
@@ -104,9 +95,11 @@ def _group_difference(
 @probe(
     "knockout_transfer",
     params=KnockoutTransferParams,
-    inputs=KnockoutInputs,
+    takes=KnockoutProfiles,
     axes=("model",),
     metrics=KNOCKOUT_METRICS,
+    kinds={"p": ("p_shared_minus_specific",), "count": ("n_above", "n_below_zero", "n_genes", "n_undefined"),
+           "effect": ("shared_minus_specific",)},
     effect="mean_spearman",
     min_effect=MIN_SPEARMAN,
 )

@@ -221,7 +221,7 @@ def bootstrap_correlations(
     enters ``c_i · c_j`` times (``c``: draw counts). Pearson's weighted sums are
     quadratic forms ``cᵀ M c``; Spearman ranks each resample's own values.
     Kept for the calibration that compares it with the jackknife
-    (``hypocheck.probes.calibration.routing``): its spread overstates the sampling spread.
+    (``tools.calibration.routing``): its spread overstates the sampling spread.
     """
     n = x_sim.shape[0]
     counts = bootstrap_draw_counts(rng, n, n_boot)
@@ -460,7 +460,7 @@ def partial_mantel(
     this one is not. It assumes the proximity captures how both similarities
     depend on the inputs: structure shared beyond it (e.g. a Jacobian field
     that changes faster along some input directions than others) is not
-    removed (``hypocheck.probes.calibration.routing`` reports its false-positive rate on
+    removed (``tools.calibration.routing`` reports its false-positive rate on
     smooth Jacobian fields).
     """
     n = x_sim.shape[0]

@@ -18,7 +18,7 @@ clusterings are tested by permuting cluster labels over knockdowns. CIs
 treat the knockdown as the unit, never the pair: the coherence CIs (Fisher z)
 and the difference test use the leave-one-knockdown-out jackknife SE,
 corrected for the pair-level term the plain jackknife counts twice
-(``matrixstats.jackknife_se``; ``hypocheck.probes.calibration.routing`` measures its
+(``matrixstats.jackknife_se``; ``tools.calibration.routing`` measures its
 coverage against the plain jackknife and the KD bootstrap); the cluster-ratio
 CI resamples knockdowns (a resample's pairs are the pairs of distinct draws
 that are different knockdowns).
@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
 
+from .kinds import HeldJacobians, RoutingArrays, RoutingPair
 from .matrixstats import (
     Mantel,
     PartialMantel,
@@ -58,46 +59,6 @@ from .matrixstats import (
     welch_difference,
 )
 from .setstats import bootstrap_mean_ci, cosine_matrix, unit_rows
-
-Sampling = Literal["random", "stratified", "top_magnitude"]
-"""How control cells are drawn for a sentence: seeded uniform draw, proportional over batch × total-expression
-quintile, or the cells with the largest total expression."""
-
-
-class SentenceInputs(BaseModel):
-    """The control sentence the Jacobians are taken on; a case's ``sampling`` / ``cells`` axes override these."""
-
-    model_config = ConfigDict(extra="forbid")
-    sampling: Sampling = Field(
-        "random", description="How control cells are drawn; 'random' with the suite's seed is the suite's sentence.")
-    cells: int | None = Field(None, ge=1, description="Cells per sentence; default: the suite's count.")
-
-
-class RoutingInputs(SentenceInputs):
-    """Which Jacobian the routing probes correlate with ΔY."""
-
-    jacobian: Literal["pert_repr", "onehot"] = Field(
-        "pert_repr", description="∂Y/∂r at each knockdown's pert representation, or the one-hot Jacobian "
-                                 "∂Y/∂p = J W_pert.")
-
-
-class DifferenceInputs(RoutingInputs):
-    """The two models whose routing coherence is compared."""
-
-    models: list[str] | None = Field(None, min_length=2, max_length=2,
-                                     description="[a, b]; default: the suite's first two models.")
-
-
-class StabilityInputs(SentenceInputs):
-    """The reference sentence and the knockdowns whose Jacobians are held and compared."""
-
-    reference_sampling: Sampling = Field("random", description="Sampling of the reference sentence.")
-    reference_cells: int | None = Field(None, ge=1, description="Cells of the reference sentence; default: the "
-                                                                "suite's count.")
-    max_kds: int = Field(32, ge=3, description="Hold the Jacobians of this many knockdowns, those with the largest "
-                                               "‖ΔY‖ on the reference sentence.")
-    curve: list[int] | None = Field(None, min_length=2, description="Cell counts whose Jacobians (same sampling) "
-                                    "are compared with the reference too, drawn as a convergence curve.")
 
 
 class RoutingParams(BaseModel):
@@ -336,9 +297,12 @@ def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
 @probe(
     "routing_coherence",
     params=RoutingParams,
-    inputs=RoutingInputs,
+    takes=RoutingArrays,
     axes=("model", "cell_line"),
     metrics=ROUTING_METRICS,
+    kinds={"p": ("p_partial", "p_partial_spearman", "p_pearson", "p_spearman", "p_ratio", "p_ari"),
+           "count": ("n_kds", "n_clusters", "n_zero_norm"),
+           "effect": ("partial_spearman", "pearson", "spearman", "same_diff_ratio", "ari")},
     effect="partial_pearson",
     p="p_partial",
     min_effect=MIN_PARTIAL_R,
@@ -416,9 +380,12 @@ def routing_coherence(
 @probe(
     "routing_coherence_difference",
     params=DifferenceParams,
-    inputs=DifferenceInputs,
+    takes=RoutingPair,
     axes=(),
     metrics=DIFFERENCE_METRICS,
+    kinds={"p": ("p_difference", "p_spearman_difference", "p_a", "p_b", "p_partial_difference", "p_partial_a",
+                 "p_partial_b"),
+           "count": ("n_kds_a", "n_kds_b"), "effect": ("spearman_difference", "partial_difference")},
     effect="difference",
     p="p_difference",
 )
@@ -440,7 +407,7 @@ def routing_coherence_difference(
     This needs no pairing, so it is valid whether the selections share
     knockdowns or not; where they share knockdowns and the two estimates are
     positively correlated, ignoring that correlation overstates the variance of
-    the difference, so the test errs conservative. ``hypocheck.probes.calibration.routing``
+    the difference, so the test errs conservative. ``tools.calibration.routing``
     measures the CI coverage and the test's FPR under equal coherence and its
     power (the plain jackknife and the KD bootstrap it replaced overstate the
     spread about 1.2–1.3× and 1.4–1.5×). ``p_a`` / ``p_b``: each model's
@@ -502,9 +469,10 @@ def _row_cosines(jacobians: np.ndarray, flat_ref: np.ndarray) -> np.ndarray:
 @probe(
     "routing_stability",
     params=StabilityParams,
-    inputs=StabilityInputs,
+    takes=HeldJacobians,
     axes=("model", "cell_line"),
     metrics=STABILITY_METRICS,
+    kinds={"p": ("p_pearson", "p_spearman"), "count": ("n_kds", "n_zero_norm")},
     effect="agreement",
 )
 def routing_stability(

@@ -21,6 +21,7 @@ from scipy import stats
 
 from hypocheck.registry import ProbeResult, probe
 
+from .kinds import InputDerivatives
 from .setstats import bootstrap_difference_ci
 
 TARGETED_METRICS = (
@@ -29,15 +30,6 @@ TARGETED_METRICS = (
 )
 
 
-class PanelInputs(BaseModel):
-    """A targeted panel: regulators whose input is moved, targets read out, concordant and control knockdowns."""
-
-    model_config = ConfigDict(extra="forbid")
-    regulators: list[str] = Field(..., min_length=1, description="Input genes moved in every control cell.")
-    targets: list[str] = Field(..., min_length=1, description="Output genes whose response is read.")
-    concordant_kds: list[str] = Field(..., min_length=1, description="Knockdowns expected to strengthen the "
-                                                                      "coupling.")
-    control_kds: list[str] = Field(..., min_length=1, description="Knockdowns of unrelated pathways.")
 
 
 class TargetedParams(BaseModel):
@@ -85,9 +77,10 @@ def _pair_mask(regulators: Sequence[str], targets: Sequence[str], pairs: list[tu
 @probe(
     "targeted_jacobian",
     params=TargetedParams,
-    inputs=PanelInputs,
+    takes=InputDerivatives,
     axes=("model", "cell_line"),
     metrics=TARGETED_METRICS,
+    kinds={"count": ("n_concordant", "n_control", "n_pairs"), "effect": ("rank_biserial",)},
     effect="difference",
     p="p",
     min_effect=MIN_DERIVATIVE_DIFFERENCE,

@@ -3,7 +3,7 @@ start-up imports no heavy library.
 
 - The engine (hypocheck/, the command-line tool aside) imports neither the probes nor the backend: it
   finds them through entry points. Probes import the engine, never the backend.
-- The demo generator (fixtures/demo) and the calibration scripts (probes/calibration) are tools: nothing
+- The demo generator (tools/demo) and the calibration scripts (tools/calibration) are tools: nothing
   the installed distribution runs imports them.
 - Loading the plugin and collecting the shipped suite import no torch, arc-state, matplotlib or Ray.
 """
@@ -19,15 +19,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE = sorted(p for p in (ROOT / "hypocheck").glob("*.py") if p.name != "cli.py")
-PROBES = sorted(p for p in (ROOT / "probes").glob("*.py"))
-BACKEND = sorted(p for p in (ROOT / "fixtures").glob("*.py"))
+ENGINE = sorted(p for p in (ROOT / "hypocheck").rglob("*.py") if p.name != "cli.py")
+PROBES = sorted((ROOT / "probes").rglob("*.py"))
+BACKEND = sorted((ROOT / "fixtures").rglob("*.py"))
+NAMESPACE = {"hypocheck": "hypocheck", "probes": "hypocheck.probes", "fixtures": "hypocheck.fixtures"}
 
 
 def imported(path: Path) -> set[str]:
     """Absolute module names ``path`` imports (relative imports resolved against its package)."""
-    package = {"hypocheck": "hypocheck", "probes": "hypocheck.probes", "fixtures": "hypocheck.fixtures"}[
-        path.parent.name]
+    folder, *inner = path.parent.relative_to(ROOT).parts
+    package = ".".join([NAMESPACE[folder], *inner])
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -55,7 +56,7 @@ def test_probes_import_the_engine_not_the_backend(path: Path) -> None:
 @pytest.mark.parametrize("path", ENGINE + PROBES + BACKEND, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_the_runtime_never_imports_the_tools(path: Path) -> None:
     bad = sorted(n for n in imported(path)
-                 if n.startswith(("hypocheck.fixtures.demo", "hypocheck.probes.calibration", "tests", "bench")))
+                 if n.split(".")[0] in {"tools", "tests", "bench"})
     assert not bad, f"{path.name} imports {bad}"
 
 

@@ -1,6 +1,6 @@
 """Calibration: each test family holds alpha on null data and finds planted sets; the original
 pair-level rank-sum test does not hold alpha. A small run of
-``hypocheck.probes.calibration.clustering`` (the CLI runs more)."""
+``tools.calibration.clustering`` (the CLI runs more)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hypocheck.probes.calibration.clustering import (
+from tools.calibration.clustering import (
     CALIBRATED,
     CalibrationConfig,
     calibrate,

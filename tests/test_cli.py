@@ -20,7 +20,7 @@ from hypocheck.schema import hypotheses_from_doc
 from hypocheck.yamlsource import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fixtures" / "demo"
+DEMO = ROOT / "tools" / "demo"
 
 
 def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

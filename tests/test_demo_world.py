@@ -18,10 +18,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hypocheck.fixtures.demo import DEMO_DIR
-from hypocheck.fixtures.demo.manifest import sha256, shipped_files
-from hypocheck.fixtures.demo.world import KEYS, generate_world, graph_matrix
 from hypocheck.fixtures.genesets import DEFAULT_GENE_SETS
+from tools.demo import DEMO_DIR
+from tools.demo.manifest import sha256, shipped_files
+from tools.demo.world import KEYS, generate_world, graph_matrix
 
 CONTROL = "non-targeting"
 MODELS = ("fewshot", "zeroshot")
@@ -339,8 +339,8 @@ def test_rebuild_matches_manifest(tmp_path: Path, manifest: dict[str, Any]) -> N
     The shipped artifacts were built with AVX2 kernels: with ``ATEN_CPU_CAPABILITY=avx2`` (on an AVX-512
     AMD EPYC) the rebuild is byte-identical, weights included. ``HYPOCHECK_REBUILD_EXACT=1`` demands that.
     """
-    from hypocheck.fixtures.demo.build import build
-    from hypocheck.fixtures.demo.train import TrainConfig
+    from tools.demo.build import build
+    from tools.demo.train import TrainConfig
 
     info = build(tmp_path, manifest["seeds"]["world"], TrainConfig(**manifest["train"]))
     _assert_rebuild_matches(info, manifest, exact=os.environ.get("HYPOCHECK_REBUILD_EXACT") == "1")

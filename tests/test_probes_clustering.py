@@ -12,7 +12,6 @@ import pytest
 from scipy import stats
 
 from hypocheck.cases import expand
-from hypocheck.probes.calibration.clustering import confound_features
 from hypocheck.probes.clustering import (
     ABSENCE_METRICS,
     OutputAbsenceParams,
@@ -30,6 +29,7 @@ from hypocheck.schema import hypotheses_from_doc
 from hypocheck.stats import compare_to_null, quantile_strata, random_sets
 from hypocheck.verdict import judge
 from hypocheck.yamlsource import load_yaml
+from tools.calibration.clustering import confound_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 planted routing (Jacobian similarity = f(ΔY similarity) + noise); where nearby inputs have nearby Jacobians
 and nearby ΔY (the proximity null), only the proximity-controlled (partial Mantel) test holds alpha, and it
 finds routing clusters planted beyond proximity. The quick configuration of
-``hypocheck.probes.calibration.routing`` (the CLI runs more worlds)."""
+``tools.calibration.routing`` (the CLI runs more worlds)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hypocheck.probes.calibration.routing import (
+from hypocheck.probes.matrixstats import cosine_from_gram, upper
+from hypocheck.probes.routing import proximity_matrix
+from hypocheck.probes.setstats import unit_rows
+from tools.calibration.routing import (
     COVERAGE_FLOOR,
     DIFFERENCE_FAMILIES,
     FAMILIES,
@@ -30,9 +33,6 @@ from hypocheck.probes.calibration.routing import (
     proximity_world,
     write_reports,
 )
-from hypocheck.probes.matrixstats import cosine_from_gram, upper
-from hypocheck.probes.routing import proximity_matrix
-from hypocheck.probes.setstats import unit_rows
 
 
 @pytest.fixture(scope="module")

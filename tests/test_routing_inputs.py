@@ -18,9 +18,9 @@ from hypocheck.errors import UnknownNameError
 from hypocheck.fixtures.config import SuiteConfig
 from hypocheck.fixtures.context import SuiteContext
 from hypocheck.fixtures.data import SAMPLINGS
-from hypocheck.fixtures.routing_inputs import routing_difference_inputs, routing_inputs
+from hypocheck.fixtures.routing_inputs import routing_arrays, routing_pair
 from hypocheck.fixtures.st_adapter import STAdapter
-from hypocheck.probes.routing import DifferenceInputs, RoutingInputs
+from hypocheck.probes.kinds import DifferenceInputs, RoutingInputs
 from tests.helpers_tiny import tiny_suite
 
 CELLS = 8
@@ -168,12 +168,12 @@ def test_routing_builders_pass_each_knockdowns_pert_representation(ctx: SuiteCon
     with torch.no_grad():
         expected = adapter.encode_perturbation(adapter.onehot(names)).double().numpy()
     case = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, inputs=RoutingInputs(), location=None)
-    inputs = routing_inputs(ctx.artifacts, case)  # type: ignore[arg-type]
-    assert inputs["names"] == names
-    np.testing.assert_allclose(inputs["pert_repr"], expected, rtol=1e-6, atol=1e-7)
-    assert inputs["pert_repr"].shape[0] == inputs["delta_y"].shape[0] == inputs["jacobian_gram"].shape[0]
+    inputs = routing_arrays(ctx.artifacts, case)  # type: ignore[arg-type]
+    assert inputs.names == names
+    np.testing.assert_allclose(inputs.pert_repr, expected, rtol=1e-6, atol=1e-7)
+    assert inputs.pert_repr.shape[0] == inputs.delta_y.shape[0] == inputs.jacobian_gram.shape[0]
     pair = SimpleNamespace(axes={"cell_line": "hepg2"}, inputs=DifferenceInputs(models=["tiny", "tiny"]),
                            location=None)
-    both = routing_difference_inputs(ctx.artifacts, pair)  # type: ignore[arg-type]
-    np.testing.assert_allclose(both["pert_repr_a"], expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(both["pert_repr_b"], expected, rtol=1e-6, atol=1e-7)
+    both = routing_pair(ctx.artifacts, pair)  # type: ignore[arg-type]
+    np.testing.assert_allclose(both.pert_repr_a, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(both.pert_repr_b, expected, rtol=1e-6, atol=1e-7)

@@ -1,4 +1,4 @@
-"""The real-size world generator (fixtures/demo/scale.py), run at a tiny scale through the same code path.
+"""The real-size world generator (tools/demo/scale.py), run at a tiny scale through the same code path.
 
 Checks that it writes loadable arc-state run dirs, an h5ad and a suite config that the suite's session-start
 config check accepts, with the requested sizes and four named lines, and that the suite recovers a planted
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hypocheck.fixtures.demo.scale import SCALE_LINES, SCALE_TEMPLATES, ScaleTrainConfig, build_scale
-from hypocheck.fixtures.demo.world import WorldSpec, input_genes, knockdowns
+from tools.demo.scale import SCALE_LINES, SCALE_TEMPLATES, ScaleTrainConfig, build_scale
+from tools.demo.world import WorldSpec, input_genes, knockdowns
 
 ROOT = Path(__file__).resolve().parents[1]
 N_GENES, N_KDS = 300, 320
@@ -73,18 +73,18 @@ def test_run_dirs_load_and_pass_the_config_check(tiny_world: tuple[Path, dict[st
 
 
 def test_suite_recovers_planted_pert_encoder_clustering(tiny_world: tuple[Path, dict[str, Any]]) -> None:
-    from bench.suite_bench import claim_cases
     from hypocheck.cache import ArtifactCache
     from hypocheck.fixtures.config import SuiteConfig
     from hypocheck.fixtures.context import SuiteContext
     from hypocheck.verdict import judge
+    from tools.bench.suite_bench import claim_cases
 
     out, _ = tiny_world
     config_path = out / "suite.yaml"
     ctx = SuiteContext(SuiteConfig.load(config_path), ArtifactCache("", enabled=False))
     cases = claim_cases(ROOT / "hypotheses" / "paper" / "claim1_pert_encoder_clustering.yaml", config_path)
-    verdicts = {c.axes["gene_set"]: judge(c, c.probe.fn(**ctx.prepare(c), params=c.params,
-                                                          rng=np.random.default_rng(c.seed))) for c in cases}
+    verdicts = {c.axes["gene_set"]: judge(c, c.probe.run(ctx.prepare(c), params=c.params,
+                                                           rng=np.random.default_rng(c.seed))) for c in cases}
     assert {k: v.verdict for k, v in verdicts.items()} == {"splicing": "pass", "ribosome": "pass",
                                                           "er_golgi": "pass"}
     # proteasome was planted with no effect: its knockdowns share no direction, so no clustering

@@ -208,7 +208,7 @@ def _demo_ctx(path: Path, gram: dict[str, Any], precision: str) -> Any:
 
     from hypocheck.fixtures.config import SuiteConfig
     from hypocheck.fixtures.context import SuiteContext
-    from hypocheck.fixtures.demo import DEMO_DIR
+    from tools.demo import DEMO_DIR
 
     root = DEMO_DIR.parent.parent
     base = yaml.safe_load((root / "suite.yaml").read_text())
@@ -228,16 +228,19 @@ def _demo_ctx(path: Path, gram: dict[str, Any], precision: str) -> Any:
 def demo_routing(gram: tuple[tuple[str, Any], ...], precision: str = "fp32") -> tuple[Any, dict[str, float]]:
     """Routing inputs (with their notes) and routing-coherence metrics of fewshot on HepG2 (254 knockdowns,
     H = 64) under these ``gram:`` settings and precision; computed once per test process."""
-    from hypocheck.fixtures.routing_inputs import routing_inputs
-    from hypocheck.probes.routing import RoutingInputs, RoutingParams, routing_coherence
+    from hypocheck.fixtures.routing_inputs import routing_arrays
+    from hypocheck.probes.kinds import RoutingInputs
+    from hypocheck.probes.routing import RoutingParams
+    from hypocheck.registry import get_probe
     from tests.helpers_tiny import single_thread
 
     with single_thread():
         ctx = _demo_ctx(Path(tempfile.mkdtemp(prefix="hypocheck-sketch-")), dict(gram), precision)
         case = SimpleNamespace(axes={"model": "fewshot", "cell_line": "hepg2"}, inputs=RoutingInputs(),
                                location=None)
-        inputs = routing_inputs(ctx.artifacts, case)  # type: ignore[arg-type]
-        result = routing_coherence(**inputs, params=RoutingParams(**DEMO_PARAMS), rng=np.random.default_rng(0))
+        inputs = routing_arrays(ctx.artifacts, case)  # type: ignore[arg-type]
+        result = get_probe("routing_coherence").run(inputs, params=RoutingParams(**DEMO_PARAMS),
+                                                    rng=np.random.default_rng(0))
     return inputs, dict(result.metrics)
 
 
@@ -249,10 +252,10 @@ def test_demo_world_sketch_gives_the_exact_routing_verdicts() -> None:
     case's note names k and the cosines' standard error."""
     exact_in, ex = demo_routing((("method", "exact"),))
     sketch_in, sk = demo_routing(SKETCH_32)
-    assert exact_in.notes == []
+    assert exact_in.notes == ()
     assert len(sketch_in.notes) == 1 and "sketched with k=32 random directions (of 64)" in sketch_in.notes[0]
     assert "median SE of the Jacobian cosines" in sketch_in.notes[0]
-    gram_ex, gram_sk = exact_in["jacobian_gram"], sketch_in["jacobian_gram"]
+    gram_ex, gram_sk = exact_in.jacobian_gram, sketch_in.jacobian_gram
     assert not np.allclose(gram_ex, gram_sk)  # really a sketch
     for key in ("pearson", "partial_pearson"):
         assert abs(ex[key] - sk[key]) < 0.05, (key, ex[key], sk[key])
@@ -264,19 +267,20 @@ def test_demo_world_sketch_gives_the_exact_routing_verdicts() -> None:
 
 
 def test_notes_of_prepared_inputs_reach_the_verdict(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A builder's ``CaseInputs.notes`` (e.g. the sketch's k and error) end up in the case's verdict record."""
+    """An input record's ``notes`` (e.g. the sketch's k and error) end up in the case's verdict record."""
     from tests.test_plugin_e2e import CLAIM, REPO_ROOT
 
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     conftest = (Path(__file__).parent / "e2e_conftest.py").read_text()
     conftest += '''
 
-from hypocheck.fixtures.routing_inputs import CaseInputs
+from hypocheck.probes.kinds import SetEmbeddings
 
 
 class NotedContext(TinyContext):
     def prepare(self, case):
-        return CaseInputs(super().prepare(case), ["Jacobian Gram sketched with k=7 random directions (of 16)"])
+        note = "Jacobian Gram sketched with k=7 random directions (of 16)"
+        return SetEmbeddings(**super().prepare(case), notes=(note,))
 
 
 def pytest_hypocheck_backend(config):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "fixtures" / "demo"
+DEMO = REPO / "tools" / "demo"
 
 CLAIM = """\
 id: {id}

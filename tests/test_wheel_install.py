@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO = REPO_ROOT / "fixtures" / "demo"
+DEMO = REPO_ROOT / "tools" / "demo"
 FULL = os.environ.get("HYPOCHECK_WHEEL_FULL") == "1"
 
 # what the copy of the working tree leaves out (build outputs, caches, the venv: see .gitignore)
@@ -55,8 +55,7 @@ ENTRY_POINTS = {
     "hypocheck.adapters": {"arc-state": "hypocheck.fixtures.st_adapter:STAdapter.from_model_config"},
 }
 NAMESPACE = {"hypocheck": "hypocheck", "probes": "hypocheck/probes", "fixtures": "hypocheck/fixtures"}  # package-dir
-TOOL_FOLDERS = ("fixtures/demo/", "probes/calibration/")  # tools of the repository, not of the package
-FORBIDDEN_PREFIXES = ("hypocheck/fixtures/demo/", "hypocheck/probes/calibration/", "tests/", "bench/",
+FORBIDDEN_PREFIXES = ("tools/", "hypocheck/tools/", "tests/", "bench/",
                       "hypotheses/", "probes/", "fixtures/", "hypocheck/tests/")
 DATA_SUFFIXES = (".h5ad", ".ckpt", ".pt", ".pth", ".torch", ".pkl", ".safetensors", ".npz", ".npy", ".pyc")
 MAX_WHEEL_BYTES = 2 * 1024 * 1024  # ~150 kB of code: a data file or a checkpoint would show here first
@@ -100,7 +99,7 @@ out = {"purelib": sysconfig.get_paths()["purelib"], "sys_path": sys.path,
        "meta_path": [type(f).__module__ + "." + type(f).__qualname__ for f in sys.meta_path],
        "files": {n: sys.modules[n].__file__ for n in ("hypocheck", "hypocheck.probes", "hypocheck.fixtures")},
        "top_level_found": {n: importlib.util.find_spec(n) is not None
-                           for n in ("probes", "fixtures", "tests", "bench")},
+                           for n in ("probes", "fixtures", "tests", "tools")},
        "dist_location": str(md.distribution("hypocheck").locate_file("")), "version": md.version("hypocheck"),
        "entry_points": {}, "entry_point_files": {}, "modules": {}, "import_errors": {}}
 for group in groups:
@@ -273,12 +272,11 @@ def check_wheel_contents(built: Built) -> None:
     version = tomllib.loads((built.source / "pyproject.toml").read_text())["project"]["version"]
     distinfo = f"hypocheck-{version}.dist-info/"
 
-    # every module of the three folders (sub-packages too), under the one namespace, but the repository's tools
+    # every module of the three folders (sub-packages too), under the one namespace (the tools live outside them)
     expected = set()
     for folder, target in NAMESPACE.items():
         for path in (built.source / folder).rglob("*.py"):
-            if not path.relative_to(built.source).as_posix().startswith(TOOL_FOLDERS):
-                expected.add(f"{target}/{path.relative_to(built.source / folder).as_posix()}")
+            expected.add(f"{target}/{path.relative_to(built.source / folder).as_posix()}")
     expected |= {"hypocheck/plugin.py", "hypocheck/probes/__init__.py", "hypocheck/probes/clustering.py",
                  "hypocheck/fixtures/st_adapter.py", "hypocheck/fixtures/backend.py",
                  "hypocheck/fixtures/suite.example.yaml"}

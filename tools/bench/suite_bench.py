@@ -32,12 +32,12 @@ extrapolation), records peak GPU memory, and times the original method (``torch.
 of the cell-averaged output, one knockdown at a time, all 2,000 rows, as the notebooks did) against the
 engine on the same knockdowns of the fewshot model, for the ratio. The exact command for the GPU figures::
 
-    OMP_NUM_THREADS=1 python -m bench.suite_bench --world worlds/scale --device cuda --precision fp32 --gram exact
+    OMP_NUM_THREADS=1 python -m tools.bench.suite_bench --world worlds/scale --device cuda --precision fp32 --gram exact
 
 (after ``make scale-world``; add ``--gram sketch`` / ``--precision tf32`` for the other modes, when the
 suite config supports them). On CPU (``make bench-suite``)::
 
-    OMP_NUM_THREADS=1 python -m bench.suite_bench --world worlds/scale --budget-s 1800   # --gram auto: sketched
+    OMP_NUM_THREADS=1 python -m tools.bench.suite_bench --world worlds/scale --budget-s 1800   # --gram auto: sketched
 
 ``--precision`` and ``--gram`` are written into the generated config (``worlds/scale/bench-suite.yaml``) only
 when this version's suite config has those keys (``precision``, ``gram``); otherwise the record says so and
@@ -65,10 +65,10 @@ import numpy as np
 import torch
 import yaml
 
-from bench.jacobian_bench import UNDER_LOAD_RULE, _loadavg, _status_kb, device_name, measure, under_load
 from hypocheck.atomic import atomic_write_text
+from tools.bench.jacobian_bench import UNDER_LOAD_RULE, _loadavg, _status_kb, device_name, measure, under_load
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "hypotheses" / "paper"
 OUT = ROOT / "reports" / "bench" / "suite.json"
 NOT_MEASURED = "not measured"
@@ -111,7 +111,7 @@ def bench_config(world: Path, device: str, precision: str, gram: str) -> tuple[P
     else:
         applied["gram"] = f"{gram} requested; not a suite config key in this version (exact used)"
     path = world / "bench-suite.yaml"
-    path.write_text("# Written by bench/suite_bench.py from suite.yaml\n" + yaml.safe_dump(data, sort_keys=False))
+    path.write_text("# Written by tools/bench/suite_bench.py from suite.yaml\n" + yaml.safe_dump(data, sort_keys=False))
     SuiteConfig.load(path)  # fails here, with file and key, if the config is not valid
     return path, applied
 
@@ -200,7 +200,7 @@ def run_child(claim: Path, config_path: Path, keep: int | None, mode: str, threa
                     inputs = ctx.prepare(case)
                 note_gpu()
                 with measure(device) as t_probe:
-                    result = case.probe.fn(**inputs, params=case.params, rng=np.random.default_rng(case.seed))
+                    result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
                 note_gpu()
                 verdict = judge(case, result)
                 out["cases"].append({"case": case.name, "inputs_s": t_in.wall_s, "probe_s": t_probe.wall_s,

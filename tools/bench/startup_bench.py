@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m bench.startup_bench                      # this checkout
-    python -m bench.startup_bench --repo /tmp/old --label before
+    python -m tools.bench.startup_bench                      # this checkout
+    python -m tools.bench.startup_bench --repo /tmp/old --label before
 
 Each command runs ``--repeat`` times in a fresh process (median reported); the
 table goes to stdout and a JSON record to ``reports/bench/startup.json``

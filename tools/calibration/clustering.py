@@ -52,7 +52,7 @@ cluster once per member and rejects too often; the test of record
 
 Usage::
 
-    python -m hypocheck.probes.calibration.clustering [--seeds 400] [--demo-seeds 5] [--workers 2]
+    python -m tools.calibration.clustering [--seeds 400] [--demo-seeds 5] [--workers 2]
         [--out reports/calibration]
 """
 
@@ -76,11 +76,10 @@ from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from hypocheck.atomic import atomic_write_text
+from hypocheck.probes.clustering import OutputClusteringParams, output_set_clustering
+from hypocheck.probes.geometry import CrossModelParams, NeighbourPurityParams, cross_model_cosine, pert_neighbour_purity
+from hypocheck.probes.knockout import KnockoutTransferParams, knockout_transfer
 from hypocheck.stats import derive_seed
-
-from ..clustering import OutputClusteringParams, output_set_clustering
-from ..geometry import CrossModelParams, NeighbourPurityParams, cross_model_cosine, pert_neighbour_purity
-from ..knockout import KnockoutTransferParams, knockout_transfer
 
 ALPHA = 0.05
 
@@ -272,8 +271,8 @@ class _Runner:
     def demo_world(self, seed: int) -> None:
         """A generator null world: pseudo-bulk ΔY per line; every catalog program's set, plus cross-line cosine.
         Then the planted world of the same seed: its no-effect sets."""
-        from hypocheck.fixtures.demo import catalog
-        from hypocheck.fixtures.demo.world import generate_world
+        from tools.demo import catalog
+        from tools.demo.world import generate_world
 
         adata, truth = generate_world(seed, null=True)
         kds = list(truth["knockdowns"])
@@ -298,7 +297,7 @@ class _Runner:
 
     def _demo_no_effect(self, seed: int, rng: np.random.Generator, chunk: int = 10) -> None:
         """The planted world's no-effect knockdowns (each no-effect list, long ones in sets of ``chunk``)."""
-        from hypocheck.fixtures.demo.world import generate_world
+        from tools.demo.world import generate_world
 
         adata, truth = generate_world(seed, null=False)
         kds = list(truth["knockdowns"])

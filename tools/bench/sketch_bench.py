@@ -7,7 +7,7 @@ r and partial r (``selection: all``), whether its verdict (partial-Mantel p < 0.
 of the Gram and the median standard error the sketch reported for the cosines.
 
 Part 2, time (a randomly initialised arc-state ST model at ST-HVG-Replogle sizes, built as in
-``bench/jacobian_bench.py``, ``--real-cells`` cells, ``--threads`` torch threads): one 32-direction chunk of
+``tools/bench/jacobian_bench.py``, ``--real-cells`` cells, ``--threads`` torch threads): one 32-direction chunk of
 :meth:`Artifacts.gram_chunk`'s kind (one JVP call per knockdown) on ``--pilot-kds`` knockdowns gives the seconds
 per (knockdown, direction) column, and as a pilot the k that ``target_error`` needs on these random weights;
 one ``(K, G) @ (G, K)`` product at K = 2023 gives the Gram-matmul seconds per direction. Projected: the
@@ -16,8 +16,8 @@ single-thread chunk each.
 
 Usage::
 
-    python -m bench.sketch_bench                    # ~5 min on a 2-core CPU; writes reports/bench/sketch.json
-    python -m bench.sketch_bench --skip-real        # accuracy only
+    python -m tools.bench.sketch_bench                    # ~5 min on a 2-core CPU; writes reports/bench/sketch.json
+    python -m tools.bench.sketch_bench --skip-real        # accuracy only
 
 Every record carries the device, threads, the 1-minute load average before and after and ``under_load``.
 """
@@ -25,6 +25,7 @@ Every record carries the device, threads, the 1-minute load average before and a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -37,7 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.jacobian_bench import (
+from hypocheck.atomic import atomic_write_text
+from tools.bench.jacobian_bench import (
     ALL_KDS,
     HIDDEN,
     N_BATCHES,
@@ -47,10 +49,9 @@ from bench.jacobian_bench import (
     device_name,
     under_load,
 )
-from hypocheck.atomic import atomic_write_text
 
 OUT = Path("reports/bench/sketch.json")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TARGET_ERROR = 0.02
 CHUNK = 32
 
@@ -70,8 +71,8 @@ def _demo_context(world: str, cells: int, tmp: Path) -> Any:
     base = yaml.safe_load((ROOT / "suite.yaml").read_text())
     for spec in base["models"].values():
         spec["run_dir"] = str(ROOT / spec["run_dir"])
-    base["data"]["path"] = str(ROOT / "fixtures" / "demo" / world / "demo.h5ad")
-    base["truth"] = str(ROOT / "fixtures" / "demo" / world / "truth.json")
+    base["data"]["path"] = str(ROOT / "tools" / "demo" / world / "demo.h5ad")
+    base["truth"] = str(ROOT / "tools" / "demo" / world / "truth.json")
     base.pop("sae", None)
     base.update(device="cpu", gram={"method": "exact"})
     base["control_sentence"]["cells"] = cells
@@ -90,8 +91,10 @@ def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, 
     """Per (k, seed): the routing statistics and Gram cosines of the sketch against the exact Gram."""
     from hypocheck.fixtures import jacobians
     from hypocheck.fixtures.artifacts import GramSpec
-    from hypocheck.fixtures.routing_inputs import routing_inputs
-    from hypocheck.probes.routing import RoutingInputs, RoutingParams, routing_coherence
+    from hypocheck.fixtures.routing_inputs import routing_arrays
+    from hypocheck.probes.kinds import RoutingInputs
+    from hypocheck.probes.routing import RoutingParams
+    from hypocheck.registry import get_probe
 
     ctx = _demo_context(world, args.cells, tmp)
     art = ctx.artifacts
@@ -99,10 +102,10 @@ def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, 
     case = SimpleNamespace(axes={"model": model, "cell_line": line}, inputs=RoutingInputs(), location=None)
     params = RoutingParams(selection="all", permutations=args.permutations, bootstrap=99)
     start = time.perf_counter()
-    exact_in = routing_inputs(art, case)  # type: ignore[arg-type]
+    exact_in = routing_arrays(art, case)  # type: ignore[arg-type]
     exact_s = time.perf_counter() - start
-    exact = routing_coherence(**exact_in, params=params, rng=np.random.default_rng(0)).metrics
-    exact_cos = _cosine(exact_in["jacobian_gram"])
+    exact = get_probe("routing_coherence").run(exact_in, params=params, rng=np.random.default_rng(0)).metrics
+    exact_cos = _cosine(exact_in.jacobian_gram)
     basis = art.gram_spec_params(model, False)[1]
     off = ~np.eye(exact_cos.shape[0], dtype=bool)
     sentence = ("random", None)
@@ -117,8 +120,8 @@ def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, 
             done = k
             est = jacobians.estimate_gram(jacobians.reduce_gram_shares(shares), method="sketch", basis=basis)
             gram = est.gram.numpy()
-            metrics = routing_coherence(**{**exact_in, "jacobian_gram": gram}, params=params,
-                                        rng=np.random.default_rng(0)).metrics
+            metrics = get_probe("routing_coherence").run(dataclasses.replace(exact_in, jacobian_gram=gram),
+                                                         params=params, rng=np.random.default_rng(0)).metrics
             cos_err = np.abs(_cosine(gram) - exact_cos)[off]
             records.append({
                 "world": world, "k": k, "seed": seed, "basis": basis,

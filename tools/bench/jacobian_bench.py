@@ -27,8 +27,8 @@ against the notebook's call), and ``engine_speedup`` is its time over the engine
 
 Usage::
 
-    python -m bench.jacobian_bench --cells 64 --kds 3 --orig-genes 200 --threads 1   # 2-core CPU, ~5 min
-    python -m bench.jacobian_bench --device cuda --kds 32
+    python -m tools.bench.jacobian_bench --cells 64 --kds 3 --orig-genes 200 --threads 1   # 2-core CPU, ~5 min
+    python -m tools.bench.jacobian_bench --device cuda --kds 32
 
 On a CPU shared with other work, ``--threads 1`` gives stable numbers: with
 OpenMP threads every small op waits at a barrier for a thread that another

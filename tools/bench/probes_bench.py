@@ -1,6 +1,6 @@
 """Benchmark: wall time of every probe on the demo world (inputs prepared beforehand).
 
-``python -m bench.probes_bench [--null-sets 1000] [--out reports/bench/probes.json]`` prints a table and
+``python -m tools.bench.probes_bench [--null-sets 1000] [--out reports/bench/probes.json]`` prints a table and
 writes a JSON record per probe case: the probe functions alone are timed, on all knockdowns, with the
 given number of null sets (permutations for the routing probes); building the inputs (model forward
 passes, Jacobians) is timed separately and goes through the artifact cache (``--artifact-cache``, the
@@ -25,13 +25,12 @@ from hypocheck.atomic import atomic_write_text
 from hypocheck.cache import ArtifactCache
 from hypocheck.cases import Case
 from hypocheck.errors import Location
-from hypocheck.fixtures.builders import BUILDERS
 from hypocheck.fixtures.config import SuiteConfig
 from hypocheck.fixtures.context import SuiteContext
 from hypocheck.registry import get_probe
 from hypocheck.schema import Hypothesis
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASES: list[tuple[str, dict[str, str], dict[str, Any], dict[str, Any]]] = [
     ("pert_embedding_clustering", {"model": "fewshot", "gene_set": "mitoribosome"}, {}, {}),
     ("pert_neighbour_purity", {"model": "fewshot", "gene_set": "splicing"}, {}, {}),
@@ -86,10 +85,10 @@ def main() -> None:
                 params = {**params, name: args.null_sets}
         case = make_case(probe, axes, params, inputs)
         start = time.perf_counter()
-        prepared = BUILDERS[probe](ctx.artifacts, case)
+        prepared = ctx.prepare(case)
         build_s = time.perf_counter() - start
         start = time.perf_counter()
-        spec.fn(**prepared, params=case.params, rng=np.random.default_rng(0))
+        spec.run(prepared, params=case.params, rng=np.random.default_rng(0))
         probe_s = time.perf_counter() - start
         records.append(
             {

@@ -60,7 +60,7 @@ corrected jackknife.
 
 Usage::
 
-    python -m hypocheck.probes.calibration.routing [--quick] [--null-worlds 600] [--out reports/calibration]
+    python -m tools.calibration.routing [--quick] [--null-worlds 600] [--out reports/calibration]
 """
 
 from __future__ import annotations
@@ -79,9 +79,7 @@ from scipy import optimize, stats
 from threadpoolctl import threadpool_limits
 
 from hypocheck.atomic import atomic_write_text
-from hypocheck.stats import derive_seed
-
-from ..matrixstats import (
+from hypocheck.probes.matrixstats import (
     bootstrap_correlations,
     cosine_from_gram,
     fisher_ci,
@@ -92,8 +90,10 @@ from ..matrixstats import (
     upper,
     welch_difference,
 )
-from ..routing import DifferenceParams, RoutingParams, routing_coherence, routing_coherence_difference
-from ..setstats import unit_rows
+from hypocheck.probes.routing import DifferenceParams, RoutingParams, routing_coherence, routing_coherence_difference
+from hypocheck.probes.setstats import unit_rows
+from hypocheck.stats import derive_seed
+
 from .clustering import mc_bound
 
 FAMILIES = {"partial_pearson": "p_partial", "partial_spearman": "p_partial_spearman",

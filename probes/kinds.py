@@ -1,0 +1,197 @@
+"""The input kinds of this distribution's probes: what each probe takes, and the options that say how it is built.
+
+Each kind is a frozen record (:class:`hypocheck.inputs.InputRecord`) whose fields are the arrays a probe takes
+as keyword arguments; its ``options`` model is what a hypothesis's ``inputs:`` may set. The backend provides
+each kind once (the suite backend: ``hypocheck.fixtures.providers``). This module holds no probe: it is the
+contract between the probes and a backend, and the one module of this package a backend imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hypocheck.inputs import InputRecord
+
+# ---------------------------------------------------------------- options (a hypothesis's `inputs:`)
+
+class OutputFeatureInputs(BaseModel):
+    """How the per-knockdown output features are made."""
+
+    model_config = ConfigDict(extra="forbid")
+    layer: int | None = Field(None, ge=1, description="Backbone block (1-based); default: the SAE's layer, "
+                                                        "else the middle block.")
+    features: Literal["auto", "sae", "residual"] = Field(
+        "auto", description="SAE features of the residual stream, or the stream itself (auto: SAE features when "
+                            "an SAE for this model is configured).")
+
+
+class CrossModelInputs(BaseModel):
+    """The second model of a cross-model comparison."""
+
+    model_config = ConfigDict(extra="forbid")
+    other_model: str = Field(..., description="The model whose embeddings are compared with the case's model.")
+
+
+class KnockoutInputs(BaseModel):
+    """Which genes are knocked out in silico, and in which two lines."""
+
+    model_config = ConfigDict(extra="forbid")
+    lines: tuple[str, str] | None = Field(None, description="The two cell lines (default: the first two configured).")
+    genes: list[str] | None = Field(None, description="Input genes to knock out (default: the most expressed).")
+    max_genes: int = Field(200, ge=2, description="At most this many genes when `genes` is not given.")
+    min_mean: float = Field(0.1, ge=0, description="Expressed = control-sentence mean above this in both lines.")
+
+
+Sampling = Literal["random", "stratified", "top_magnitude"]
+"""How control cells are drawn for a sentence: seeded uniform draw, proportional over batch × total-expression
+quintile, or the cells with the largest total expression."""
+
+
+class SentenceInputs(BaseModel):
+    """The control sentence the Jacobians are taken on; a case's ``sampling`` / ``cells`` axes override these."""
+
+    model_config = ConfigDict(extra="forbid")
+    sampling: Sampling = Field(
+        "random", description="How control cells are drawn; 'random' with the suite's seed is the suite's sentence.")
+    cells: int | None = Field(None, ge=1, description="Cells per sentence; default: the suite's count.")
+
+
+class RoutingInputs(SentenceInputs):
+    """Which Jacobian the routing probes correlate with ΔY."""
+
+    jacobian: Literal["pert_repr", "onehot"] = Field(
+        "pert_repr", description="∂Y/∂r at each knockdown's pert representation, or the one-hot Jacobian "
+                                 "∂Y/∂p = J W_pert.")
+
+
+class DifferenceInputs(RoutingInputs):
+    """The two models whose routing coherence is compared."""
+
+    models: list[str] | None = Field(None, min_length=2, max_length=2,
+                                     description="[a, b]; default: the suite's first two models.")
+
+
+class StabilityInputs(SentenceInputs):
+    """The reference sentence and the knockdowns whose Jacobians are held and compared."""
+
+    reference_sampling: Sampling = Field("random", description="Sampling of the reference sentence.")
+    reference_cells: int | None = Field(None, ge=1, description="Cells of the reference sentence; default: the "
+                                                                "suite's count.")
+    max_kds: int = Field(32, ge=3, description="Hold the Jacobians of this many knockdowns, those with the largest "
+                                               "‖ΔY‖ on the reference sentence.")
+    curve: list[int] | None = Field(None, min_length=2, description="Cell counts whose Jacobians (same sampling) "
+                                    "are compared with the reference too, drawn as a convergence curve.")
+
+
+class PanelInputs(BaseModel):
+    """A targeted panel: regulators whose input is moved, targets read out, concordant and control knockdowns."""
+
+    model_config = ConfigDict(extra="forbid")
+    regulators: list[str] = Field(..., min_length=1, description="Input genes moved in every control cell.")
+    targets: list[str] = Field(..., min_length=1, description="Output genes whose response is read.")
+    concordant_kds: list[str] = Field(..., min_length=1, description="Knockdowns expected to strengthen the "
+                                                                      "coupling.")
+    control_kds: list[str] = Field(..., min_length=1, description="Knockdowns of unrelated pathways.")
+
+
+# ---------------------------------------------------------------- the records
+
+
+@dataclass(frozen=True)
+class SetEmbeddings(InputRecord):
+    """Every knockdown's pert representation ``r_k``, the set's members among them, their names and each
+    knockdown's effect magnitude ‖ΔY‖ (mean over the configured lines, for magnitude-matched nulls)."""
+
+    embeddings: np.ndarray
+    members: np.ndarray
+    names: Sequence[str] | None = None
+    magnitude: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PairedEmbeddings(InputRecord):
+    """The same knockdowns' representations in two models (rows aligned by name), and a set's members."""
+
+    embeddings_a: np.ndarray
+    embeddings_b: np.ndarray
+    members: np.ndarray | None = None
+    options: ClassVar[type[BaseModel]] = CrossModelInputs
+
+
+@dataclass(frozen=True)
+class LayerFeatures(InputRecord):
+    """Per knockdown: layer (or SAE) features averaged over the control sentence, its ‖ΔY‖, the set's members."""
+
+    features: np.ndarray
+    members: np.ndarray
+    magnitude: np.ndarray
+    noeffect_floor: float | None = None
+    options: ClassVar[type[BaseModel]] = OutputFeatureInputs
+
+
+@dataclass(frozen=True)
+class KnockoutProfiles(InputRecord):
+    """In-silico knockout response profiles of the same genes in two lines, and planted regulator groups."""
+
+    profiles_a: np.ndarray
+    profiles_b: np.ndarray
+    gene_names: Sequence[str]
+    shared_regulators: Sequence[int] | None = None
+    specific_regulators: Sequence[int] | None = None
+    options: ClassVar[type[BaseModel]] = KnockoutInputs
+
+
+@dataclass(frozen=True)
+class RoutingArrays(InputRecord):
+    """ΔY, the Jacobian Gram and the pert representation of every knockdown on one sentence of one line."""
+
+    delta_y: np.ndarray
+    jacobian_gram: np.ndarray
+    names: Sequence[str]
+    pert_repr: np.ndarray
+    options: ClassVar[type[BaseModel]] = RoutingInputs
+
+
+@dataclass(frozen=True)
+class RoutingPair(InputRecord):
+    """The routing arrays of two models on the same line (``_a`` and ``_b``)."""
+
+    delta_y_a: np.ndarray
+    jacobian_gram_a: np.ndarray
+    names_a: Sequence[str]
+    pert_repr_a: np.ndarray
+    delta_y_b: np.ndarray
+    jacobian_gram_b: np.ndarray
+    names_b: Sequence[str]
+    pert_repr_b: np.ndarray
+    options: ClassVar[type[BaseModel]] = DifferenceInputs
+
+
+@dataclass(frozen=True)
+class HeldJacobians(InputRecord):
+    """Jacobians of the strongest knockdowns on a sentence and on the reference one (and along a cell-count
+    curve), with their ΔY."""
+
+    jacobians: np.ndarray
+    reference_jacobians: np.ndarray
+    delta_y: np.ndarray
+    curve: Mapping[int, np.ndarray] | None = None
+    options: ClassVar[type[BaseModel]] = StabilityInputs
+
+
+@dataclass(frozen=True)
+class InputDerivatives(InputRecord):
+    """∂Ȳ[target]/∂X[regulator] under a panel's concordant and control knockdowns."""
+
+    derivatives: np.ndarray
+    kd_names: Sequence[str]
+    concordant: Sequence[int]
+    control: Sequence[int]
+    regulators: Sequence[str]
+    targets: Sequence[str]
+    options: ClassVar[type[BaseModel]] = PanelInputs
