@@ -1,14 +1,17 @@
 """Allure reporting: each case's title, parameters, labels, description and attachments, plus the run's
 categories and environment, and the HTML report (Allure 3 command-line tool, single file).
 
-Inside a running case (only when pytest runs with ``--alluredir``)::
+The reporter :class:`AllureReporter` (registered when pytest runs with ``--alluredir``) does it on the
+engine's hooks:
 
-    start_case(case, family)                        # title, parameters (= case axes), labels, severity
-    report_case(case, verdict, result, inputs)      # description, metrics JSON, tables CSV, plots PNG
-
-At the end of the run (controller only)::
-
-    write_run_metadata(alluredir, environment)      # categories.json, environment.properties
+- when a case item starts (on the process that runs it): ``start_case(case, family)``: title, parameters
+  (= case axes), labels, severity;
+- ``pytest_hypocheck_case_judged`` (the same process, with the live probe result):
+  ``report_case(case, verdict, result)``: description, metrics JSON, tables CSV (the plots PNG come from
+  the plots reporter, ``hypocheck.reporters.PlotAttachments``);
+- ``pytest_hypocheck_run_finished`` (the controller, once): ``write_run_metadata(alluredir, environment)``
+  (categories.json, environment.properties), a result per case gone since the baseline, and each claim's
+  verdict on its cases' group.
 
 And from the command line, after a run::
 
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import math
 import os
 import re
 import shutil
@@ -40,13 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import allure
-import numpy as np
 import pytest
 
+from .atomic import atomic_write_text
 from .cases import Case
+from .errors import HypocheckError
+from .formatting import fmt
+from .records import CaseVerdict, ClaimResult, Drift, RunRecord
 from .registry import ProbeResult
-from .summary import atomic_write_text
-from .verdict import CaseVerdict
 
 #: How Allure sorts results into categories: first match wins (Allure 3), regexes written to match in Allure 2 too.
 CATEGORIES: list[dict[str, Any]] = [
@@ -144,10 +147,8 @@ def start_broken_file(path: Path, family: str) -> None:
     allure.dynamic.severity(allure.severity_level.BLOCKER)
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}g}" if isinstance(value, float) else html.escape(str(value))
+def _fmt(value: Any) -> str:
+    return html.escape(fmt(value, 4))
 
 
 def _claim_html(case: Case) -> str:
@@ -178,15 +179,15 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
     ]
     for metric, values in verdict.p_values.items():
         if metric != case.probe.p:
-            rows.append((f"{metric} (raw → corrected)", f"{_fmt(values['raw'])} → {_fmt(values['adjusted'])}"))
+            rows.append((f"{metric} (raw → corrected)", f"{_fmt(values.raw)} → {_fmt(values.adjusted)}"))
     if verdict.null is not None:
-        rows.append(("null distribution", f"{html.escape(str(verdict.null.get('kind', 'null')))}: mean "
-                                          f"{_fmt(verdict.null['mean'])}, SD {_fmt(verdict.null['sd'])}, "
-                                          f"{int(verdict.null['draws'])} draws"))
+        rows.append(("null distribution", f"{html.escape(verdict.null.kind)}: mean "
+                                          f"{_fmt(verdict.null.mean)}, SD {_fmt(verdict.null.sd)}, "
+                                          f"{int(verdict.null.draws)} draws"))
     for kind, control in verdict.controls.items():
         rows.append((f"on the {html.escape(kind)} control",
-                     f"{html.escape(control['verdict'].upper())}, {html.escape(str(verdict.effect_metric))} = "
-                     f"{_fmt(control['effect'])} (95% CI [{_fmt(control['ci'][0])}, {_fmt(control['ci'][1])}])"))
+                     f"{html.escape(control.verdict.upper())}, {html.escape(str(verdict.effect_metric))} = "
+                     f"{_fmt(control.effect)} (95% CI [{_fmt(control.ci[0])}, {_fmt(control.ci[1])}])"))
     if verdict.specific_to_training is False:
         rows.append(("specific to training", "<b>NO</b>: the claim holds as strongly on a control model"))
     if verdict.truth is not None:
@@ -203,7 +204,7 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
         out += "</table>"
     marks = {True: "✓", False: "✗", None: "?"}
     out += "<p><b>Expectations</b></p><ul>" + "".join(
-        f"<li>{marks[c['holds']]} {html.escape(c['detail'])}</li>" for c in verdict.checks) + "</ul>"
+        f"<li>{marks[c.holds]} {html.escape(c.detail)}</li>" for c in verdict.checks) + "</ul>"
     if verdict.notes:
         out += "<p><b>Notes</b></p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in verdict.notes) + "</ul>"
     return out
@@ -216,8 +217,8 @@ def _csv(table: Any) -> str:
     return str(frame.to_csv(index=False))
 
 
-def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult, inputs: Mapping[str, Any]) -> None:
-    """Description with the figures; attachments: metrics JSON, tables CSV, plots PNG."""
+def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult) -> None:
+    """Description with the figures; attachments: metrics JSON, tables CSV."""
     allure.dynamic.description_html(description_html(case, verdict))
     if verdict.truth is not None:
         allure.dynamic.tag(f"planted truth {verdict.truth}")
@@ -228,28 +229,14 @@ def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult, inputs: M
                   attachment_type=allure.attachment_type.JSON)
     for name, table in result.tables.items():
         allure.attach(_csv(table), name=f"{name}.csv", attachment_type=allure.attachment_type.CSV)
-    members = inputs.get("members")
-    groups = result.arrays.get("groups")
-    from .plots import PlotInfo, render_all  # matplotlib is imported when a case is reported
-
-    info = PlotInfo(title=f"{case.hypothesis.id} [{case.label}]" if case.axes else case.hypothesis.id,
-                    metrics=verdict.metrics, members=None if members is None else np.asarray(members),
-                    labels=None if groups is None else tuple(str(g) for g in np.asarray(groups).ravel()),
-                    p_metric=case.probe.p)
-    for title, png in render_all(result, info):
-        if isinstance(png, bytes):
-            allure.attach(png, name=title, attachment_type=allure.attachment_type.PNG)
-        else:
-            allure.attach(png, name=title, attachment_type=allure.attachment_type.TEXT)
 
 
-def label_claims(directory: Path, claims: Sequence[Mapping[str, Any]],
-                 drift: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
+def label_claims(directory: Path, claims: Sequence[ClaimResult], drift: Drift | None = None) -> None:
     """Show each claim's result as the parent of its cases: the suite (group) of every case result of a
     hypothesis is renamed to the hypothesis with its claim-level verdict; a case that drifted from the
     baseline gets a "drift from baseline" tag (result files rewritten atomically when the run ends)."""
-    by_id = {c["hypothesis"]: c for c in claims}
-    drift = drift or {}
+    by_id = {c.hypothesis: c for c in claims}
+    drifted = drift.cases if drift is not None else {}
     for path in sorted(directory.glob("*-result.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         labels = result.get("labels", [])
@@ -257,11 +244,11 @@ def label_claims(directory: Path, claims: Sequence[Mapping[str, Any]],
         if hyp not in by_id:
             continue
         claim = by_id[hyp]
-        title = f"{hyp} — claim {claim['verdict'].upper()} ({claim['reason']})"
+        title = f"{hyp} — claim {claim.verdict.upper()} ({claim.reason})"
         result["labels"] = [lab for lab in labels if lab.get("name") not in {"suite", "claim_verdict"}]
-        result["labels"] += [{"name": "suite", "value": title}, {"name": "claim_verdict", "value": claim["verdict"]}]
+        result["labels"] += [{"name": "suite", "value": title}, {"name": "claim_verdict", "value": claim.verdict}]
         case_id = next((lab["value"] for lab in labels if lab.get("name") == "case"), None)
-        if case_id in drift:
+        if case_id in drifted:
             result["labels"].append({"name": "tag", "value": "drift from baseline"})
         atomic_write_text(path, json.dumps(result) + "\n")
 
@@ -319,6 +306,33 @@ def write_gone_result(directory: Path, case_id: str, message: str, family: str) 
         "parameters": [], "attachments": [], "steps": [],
     }
     atomic_write_text(directory / f"{result['uuid']}-result.json", json.dumps(result) + "\n")
+
+
+class AllureReporter:
+    """Reporter: Allure results. A case's title, labels, description and attachments are written by the
+    process that runs the case (an xdist worker); the run's metadata by the controller."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        case = getattr(item, "case", None)
+        if isinstance(case, Case):
+            start_case(case, family_of(item.path))
+        elif isinstance(getattr(item, "error", None), HypocheckError):  # a hypothesis file that does not load
+            start_broken_file(item.path, family_of(item.path))
+
+    def pytest_hypocheck_case_judged(self, case: Case, verdict: CaseVerdict, result: ProbeResult) -> None:
+        report_case(case, verdict, result)
+
+    def pytest_hypocheck_run_finished(self, config: pytest.Config, run: RunRecord) -> None:
+        write_run_metadata(self.directory, run.environment)
+        if run.drift is not None:
+            for case_id, nodeid in run.drift.gone_nodeids.items():
+                write_gone_result(self.directory, case_id, f"case gone since baseline {run.drift.baseline}",
+                                  family_of(nodeid))
+        label_claims(self.directory, run.claims, run.drift)
 
 
 # ---------------------------------------------------------------------------------------------- HTML report

@@ -29,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .atomic import atomic_write_text
+from .formatting import fmt
+from .records import CaseVerdict, Drift, DriftEntry, RunRecord
 
 FORMAT = 2
 DEFAULT_FRACTION = 0.5
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-Entry = dict[str, Any]
 
 
 def baseline_path(directory: Path, name: str) -> Path:
@@ -74,12 +77,12 @@ def within_tolerance(current: float | None, base: float | None, abs_tol: float, 
     return abs(current - base) <= abs_tol + rel_tol * abs(base)
 
 
-def _is_p(name: str) -> bool:
-    return name == "p" or name.startswith("p_")
+def uncertainty(name: str, case: Mapping[str, Any], kind: str | None = None) -> tuple[float, str] | None:
+    """The scale a metric of a baseline case is allowed to move on, and what it is; ``None`` when unknown.
 
-
-def uncertainty(name: str, case: Mapping[str, Any]) -> tuple[float, str] | None:
-    """The scale a metric of a baseline case is allowed to move on, and what it is; ``None`` when unknown."""
+    ``kind`` is the metric's declared kind (``CaseVerdict.metric_kinds``): a p-value from a null distribution
+    may move by three Monte-Carlo standard errors.
+    """
     metrics = case.get("metrics") or {}
     stem = name.removesuffix("_ci_low").removesuffix("_ci_high")
     low, high = metrics.get(f"{stem}_ci_low"), metrics.get(f"{stem}_ci_high")
@@ -87,7 +90,7 @@ def uncertainty(name: str, case: Mapping[str, Any]) -> tuple[float, str] | None:
         return high - low, "its CI width"
     draws = (case.get("null") or {}).get("draws")
     value = metrics.get(name)
-    if _is_p(name) and draws and value is not None:
+    if kind == "p" and draws and value is not None:
         return 3 * math.sqrt(max(value * (1 - value), 1 / draws) / draws) / DEFAULT_FRACTION, "3 Monte-Carlo SEs"
     effect_ci = case.get("ci") or [None, None]
     if effect_ci[0] is not None and effect_ci[1] is not None and effect_ci[1] > effect_ci[0]:
@@ -95,23 +98,22 @@ def uncertainty(name: str, case: Mapping[str, Any]) -> tuple[float, str] | None:
     return None
 
 
-def document(name: str, summary: Mapping[str, Any], environment: Mapping[str, Any],
-             partial: str | None = None) -> dict[str, Any]:
-    """The baseline file's content for a finished run's summary."""
+def document(name: str, run: RunRecord, partial: str | None = None) -> dict[str, Any]:
+    """The baseline file's content for a finished run."""
     entries = {}
-    for case in summary["cases"]:
-        entries[case["id"]] = {
-            "nodeid": case.get("nodeid") or case["id"],
-            "hypothesis": case.get("hypothesis"),
-            "verdict": case["verdict"],
-            "effect_metric": case.get("effect_metric"),
-            "ci": case.get("ci"),
-            "null": case.get("null"),
-            "metrics": case.get("metrics") or {},
-            "fingerprints": case.get("fingerprints") or {},
+    for case in run.cases:
+        entries[case.id] = {
+            "nodeid": case.nodeid or case.id,
+            "hypothesis": case.hypothesis,
+            "verdict": case.verdict,
+            "effect_metric": case.effect_metric,
+            "ci": list(case.ci),
+            "null": case.null.to_json() if case.null is not None else None,
+            "metrics": case.metrics,
+            "fingerprints": case.fingerprints,
         }
-    claims = {c["hypothesis"]: c["verdict"] for c in summary.get("claims", [])}
-    return {"format": FORMAT, "baseline": name, "fingerprints": fingerprints(environment), "cases": entries,
+    claims = {c.hypothesis: c.verdict for c in run.claims}
+    return {"format": FORMAT, "baseline": name, "fingerprints": fingerprints(run.environment), "cases": entries,
             "claims": claims, "partial": partial}
 
 
@@ -129,12 +131,12 @@ class DriftRule:
     rel_tol: float | None = None
     verdicts_only: bool = False
 
-    def allowed(self, name: str, base_case: Mapping[str, Any]) -> tuple[float, str]:
+    def allowed(self, name: str, base_case: Mapping[str, Any], kind: str | None = None) -> tuple[float, str]:
         base = (base_case.get("metrics") or {}).get(name)
         if self.abs_tol is not None or self.rel_tol is not None:
             abs_tol, rel_tol = self.abs_tol or 0.0, self.rel_tol or 0.0
             return abs_tol + rel_tol * abs(base or 0.0), "the hypothesis's tolerance"
-        scale = uncertainty(name, base_case)
+        scale = uncertainty(name, base_case, kind)
         if scale is None:
             return 1e-6 + 1e-4 * abs(base or 0.0), "no uncertainty known: 1e-6 + 1e-4·|baseline|"
         return self.fraction * scale[0], f"{self.fraction:g} × {scale[1]}"
@@ -159,29 +161,26 @@ class Baseline:
         return cls(str(doc["baseline"]), path, dict(doc["cases"]), dict(doc.get("fingerprints") or {}),
                    dict(doc.get("claims") or {}))
 
-    def compare(self, record: Mapping[str, Any], rule: DriftRule) -> list[Entry]:
+    def compare(self, record: CaseVerdict, rule: DriftRule) -> list[DriftEntry]:
         """Drift of one case's record against its baseline entry."""
-        base = self.cases.get(record["id"])
+        base = self.cases.get(record.id)
         if base is None:
-            return [{"kind": "added"}]
-        entries: list[Entry] = []
-        if base["verdict"] != record["verdict"]:
-            entries.append({"kind": "verdict", "baseline": base["verdict"], "current": record["verdict"]})
+            return [DriftEntry("added")]
+        entries: list[DriftEntry] = []
+        if base["verdict"] != record.verdict:
+            entries.append(DriftEntry("verdict", baseline=base["verdict"], current=record.verdict))
         if rule.verdicts_only:
             return entries
-        old, new = base.get("metrics") or {}, record.get("metrics") or {}
+        old, new = base.get("metrics") or {}, record.metrics
         for name in sorted(set(old) | set(new)):
             if name not in new or name not in old:
-                entries.append({"kind": "metric_gone" if name not in new else "metric_added", "name": name,
-                                "baseline": old.get(name), "current": new.get(name)})
+                entries.append(DriftEntry("metric_gone" if name not in new else "metric_added", name,
+                                          old.get(name), new.get(name)))
                 continue
-            allowed, why = rule.allowed(name, base)
+            allowed, why = rule.allowed(name, base, record.kind_of(name))
             if not within_tolerance(new[name], old[name], allowed, 0.0):
-                entry: Entry = {"kind": "metric", "name": name, "baseline": old[name], "current": new[name],
-                                "allowed": allowed, "rule": why}
-                if old[name] is not None and new[name] is not None:
-                    entry["delta"] = new[name] - old[name]
-                entries.append(entry)
+                delta = new[name] - old[name] if old[name] is not None and new[name] is not None else None
+                entries.append(DriftEntry("metric", name, old[name], new[name], allowed, why, delta))
         return entries
 
     def changed_fingerprints(self, current: Mapping[str, str]) -> dict[str, dict[str, str | None]]:
@@ -200,99 +199,136 @@ def rule_for(tolerance: Mapping[str, float] | None, config: Any) -> DriftRule:
     return DriftRule(fraction, verdicts_only=verdicts_only)
 
 
-def compare_run(baseline: Baseline, summary: Mapping[str, Any], selected: Callable[[str], bool],
-                config: Any) -> dict[str, Any]:
+def compare_run(baseline: Baseline, run: RunRecord, selected: Callable[[str], bool], config: Any) -> Drift:
     """The run's drift: per case, claims whose verdict flipped, cases gone, changed fingerprints."""
-    seen = {c["id"] for c in summary["cases"]}
-    per_case: dict[str, list[Entry]] = {}
-    for case in summary["cases"]:
-        entries = baseline.compare(case, rule_for(case.get("tolerance"), config))
+    seen = {c.id for c in run.cases}
+    per_case: dict[str, tuple[DriftEntry, ...]] = {}
+    for case in run.cases:
+        entries = baseline.compare(case, rule_for(case.tolerance, config))
         if entries:
-            per_case[case["id"]] = entries
+            per_case[case.id] = tuple(entries)
     gone: list[str] = []
     unchecked: list[str] = []
     for case_id, base in sorted(baseline.cases.items()):
         if case_id not in seen:
             (gone if selected(base.get("nodeid", case_id)) else unchecked).append(case_id)
-    claims = {c["hypothesis"]: {"baseline": baseline.claims[c["hypothesis"]], "current": c["verdict"]}
-              for c in summary.get("claims", [])
-              if c["hypothesis"] in baseline.claims and baseline.claims[c["hypothesis"]] != c["verdict"]}
-    return {
-        "baseline": baseline.name,
-        "path": str(baseline.path),
-        "checkpoints": baseline.changed_fingerprints(fingerprints(summary.get("environment") or {})),
-        "cases": per_case,
-        "claims": claims,
-        "gone": gone,
-        "unchecked": unchecked,
-    }
+    claims = {c.hypothesis: {"baseline": baseline.claims[c.hypothesis], "current": c.verdict}
+              for c in run.claims
+              if c.hypothesis in baseline.claims and baseline.claims[c.hypothesis] != c.verdict}
+    return Drift(baseline.name, str(baseline.path), baseline.changed_fingerprints(fingerprints(run.environment)),
+                 per_case, claims, tuple(gone), tuple(unchecked),
+                 {case_id: str(baseline.cases[case_id].get("nodeid", case_id)) for case_id in gone})
 
 
 def _num(value: Any) -> str:
-    return "undefined" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+    return fmt(value, 6, missing="undefined")
 
 
 def _short(fp: str | None) -> str:
     return "none" if fp is None else fp[:12]
 
 
-def entry_text(entry: Entry) -> str:
+def entry_text(entry: DriftEntry) -> str:
     """One drift entry in words."""
-    kind = entry["kind"]
+    kind = entry.kind
     if kind == "added":
         return "new case: not in the baseline"
     if kind == "gone":
         return "case gone: in the baseline, not produced by this run"
     if kind == "verdict":
-        return f"verdict {entry['baseline']} → {entry['current']}"
+        return f"verdict {entry.baseline} → {entry.current}"
     if kind in {"metric_added", "metric_gone"}:
         what = "new metric" if kind == "metric_added" else "metric no longer reported"
-        return f"{what} {entry['name']}: {_num(entry['baseline'])} → {_num(entry['current'])}"
-    text = f"{entry['name']}: {_num(entry['baseline'])} → {_num(entry['current'])}"
-    if "delta" in entry:
-        text += f" (Δ {entry['delta']:+.3g}; allowed ±{entry['allowed']:.3g}, {entry.get('rule', '')})"
+        return f"{what} {entry.name}: {_num(entry.baseline)} → {_num(entry.current)}"
+    text = f"{entry.name}: {_num(entry.baseline)} → {_num(entry.current)}"
+    if entry.delta is not None:
+        text += f" (Δ {entry.delta:+.3g}; allowed ±{entry.allowed:.3g}, {entry.rule or ''})"
     return text
 
 
-def drift_count(drift: Mapping[str, Any]) -> int:
-    """Cases that drifted, including gone ones."""
-    return len(drift.get("cases", {})) + len(drift.get("gone", []))
-
-
-def markdown(drift: Mapping[str, Any]) -> str:
+def markdown(drift: Drift) -> str:
     """The ``## Drift`` section appended to summary.md: one line per drifting case."""
-    lines = ["", f"## Drift from baseline `{drift['baseline']}`", ""]
-    if drift.get("checkpoints"):
+    lines = ["", f"## Drift from baseline `{drift.baseline}`", ""]
+    if drift.checkpoints:
         lines += ["Changed fingerprints:", ""]
         lines += [f"- `{k}`: `{_short(v['baseline'])}` → `{_short(v['current'])}`"
-                  for k, v in drift["checkpoints"].items()]
+                  for k, v in drift.checkpoints.items()]
         lines.append("")
-    if not drift_count(drift) and not drift.get("claims"):
+    if not drift.count and not drift.claims:
         lines.append("No drift: every case matches the baseline within its uncertainty.")
-    for hyp, change in drift.get("claims", {}).items():
+    for hyp, change in drift.claims.items():
         lines.append(f"- claim `{hyp}`: verdict {change['baseline']} → {change['current']}")
-    for case_id, entries in drift.get("cases", {}).items():
+    for case_id, entries in drift.cases.items():
         lines.append(f"- `{case_id}`: " + "; ".join(entry_text(e) for e in entries))
-    lines += [f"- `{case_id}`: {entry_text({'kind': 'gone'})}" for case_id in drift.get("gone", [])]
-    if drift.get("unchecked"):
-        lines += ["", f"{len(drift['unchecked'])} baseline cases were not selected in this run (not compared)."]
+    lines += [f"- `{case_id}`: {entry_text(DriftEntry('gone'))}" for case_id in drift.gone]
+    if drift.unchecked:
+        lines += ["", f"{len(drift.unchecked)} baseline cases were not selected in this run (not compared)."]
     return "\n".join(lines) + "\n"
 
 
-def drift_terminal_lines(drift: Mapping[str, Any], shown: int = 3) -> list[str]:
+def drift_terminal_lines(drift: Drift, shown: int = 3) -> list[str]:
     """One screen: the changed fingerprints, one line per drifting case (its first entries), then the count."""
-    out = [f"baseline {drift['baseline']!r}: {drift['path']}"]
-    for key, change in drift.get("checkpoints", {}).items():
+    out = [f"baseline {drift.baseline!r}: {drift.path}"]
+    for key, change in drift.checkpoints.items():
         out.append(f"fingerprint changed  {key}: {_short(change['baseline'])} → {_short(change['current'])}")
-    for hyp, change in drift.get("claims", {}).items():
-        out.append(f"CLAIM  {hyp}: verdict {change['baseline']} → {change['current']}")
-    for case_id, entries in drift.get("cases", {}).items():
+    for hyp, claim in drift.claims.items():
+        out.append(f"CLAIM  {hyp}: verdict {claim['baseline']} → {claim['current']}")
+    for case_id, entries in drift.cases.items():
         more = f"; +{len(entries) - shown} more in summary.md" if len(entries) > shown else ""
         out.append(f"DRIFT  {case_id}: " + "; ".join(entry_text(e) for e in entries[:shown]) + more)
-    out += [f"GONE   {case_id}" for case_id in drift.get("gone", [])]
-    if drift.get("unchecked"):
-        out.append(f"{len(drift['unchecked'])} baseline cases not selected in this run (not compared)")
-    verdicts = sum(any(e["kind"] == "verdict" for e in es) for es in drift.get("cases", {}).values())
-    out.append(f"{drift_count(drift)} cases drifted ({verdicts} with a verdict change)" if drift_count(drift)
-               else "no drift")
+    out += [f"GONE   {case_id}" for case_id in drift.gone]
+    if drift.unchecked:
+        out.append(f"{len(drift.unchecked)} baseline cases not selected in this run (not compared)")
+    verdicts = sum(any(e.kind == "verdict" for e in es) for es in drift.cases.values())
+    out.append(f"{drift.count} cases drifted ({verdicts} with a verdict change)" if drift.count else "no drift")
     return out
+
+
+def baselines_dir(config: pytest.Config) -> Path:
+    """Where baselines are kept: ``--baseline-dir``, else ``<rootdir>/baselines``."""
+    option = config.getoption("--baseline-dir")
+    return (config.invocation_params.dir / option).resolve() if option else Path(config.rootpath) / "baselines"
+
+
+def partial_note(config: pytest.Config) -> str | None:
+    """Why a saved baseline may hold fewer cases than the suite has (-k / -m / a narrower path)."""
+    narrowed = [f"-k {config.getoption('keyword')}" if config.getoption("keyword") else "",
+                f"-m {config.getoption('markexpr')}" if config.getoption("markexpr") else ""]
+    testpaths = [str(p) for p in config.getini("testpaths")]
+    args = [str(a) for a in config.args]
+    if args and testpaths and sorted(args) != sorted(testpaths):
+        narrowed.append("paths " + " ".join(args))
+    chosen = [n for n in narrowed if n]
+    return "the run was narrowed (" + "; ".join(chosen) + ")" if chosen else None
+
+
+class BaselineReporter:
+    """Reporter: the ``hypocheck drift`` terminal section of a run compared with ``--baseline`` (the drift
+    itself is part of the run record), and ``--save-baseline NAME``: the run stored as a baseline."""
+
+    def __init__(self) -> None:
+        self.run: RunRecord | None = None
+        self.saved: Path | None = None
+        self.partial: str | None = None
+
+    def pytest_hypocheck_run_finished(self, config: pytest.Config, run: RunRecord) -> None:
+        self.run = run
+        name = config.getoption("--save-baseline")
+        if name:
+            self.saved = baseline_path(baselines_dir(config), name)
+            self.partial = partial_note(config)
+            save(self.saved, document(name, run, self.partial))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.run is None:
+            return
+        if self.run.drift is not None:
+            terminalreporter.section("hypocheck drift")
+            for line in drift_terminal_lines(self.run.drift):
+                terminalreporter.write_line(line)
+        if self.saved is not None:
+            terminalreporter.write_line(f"baseline saved: {self.saved}")
+            if self.partial:
+                terminalreporter.write_line(
+                    f"note: {self.partial}; the baseline holds only its {len(self.run.cases)} cases", yellow=True)

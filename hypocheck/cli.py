@@ -1,5 +1,5 @@
 """The ``hypocheck`` command: ``init`` writes a suite config from run dirs and an ``.h5ad`` file; ``probes`` lists
-what a hypothesis can measure.
+what a hypothesis can measure; ``gate`` ends with a failure status when a run's summary holds defects.
 
 This module parses arguments, dispatches and formats; the reading and writing behind ``init`` lives in the
 backend (``hypocheck.fixtures.init``), imported only when ``init`` runs, so ``hypocheck probes`` never loads
@@ -61,6 +61,12 @@ reports (`expect:`). Every metric `m` can also be named as `m_ci_low` / `m_ci_hi
 confidence interval where the probe reports one. The effect metric is reported as each case's effect size;
 `significant` compares the p metric with the hypothesis's `alpha`."""
 
+GATE_HELP = """\
+Read a run's summary.json and exit with status 1 when it holds a defect: a case that could not run (error) or
+a verdict that differs from the planted truth a hypothesis declares (expected:). A claim that fails is a
+finding, not a defect: it does not fail the gate (pytest's own exit status does fail on it). Exit status 2
+when there is no summary."""
+
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line that points at --help, with exit status 2."""
@@ -107,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--markdown", action="store_true", help="write a Markdown page (docs/probes.md is one)")
     form.add_argument("--json", action="store_true", help="write JSON, for programs")
     probes.set_defaults(handler=_probes)
+
+    gate = commands.add_parser("gate", help="exit non-zero when a run's summary holds errors or verdicts that "
+                               "differ from the planted truth", description=_fill(GATE_HELP), formatter_class=fmt)
+    gate.add_argument("summary", nargs="?", type=Path, default=Path("reports/summary.json"), metavar="SUMMARY",
+                      help="the run's summary.json (default: reports/summary.json)")
+    gate.set_defaults(handler=_gate)
     return parser
 
 
@@ -166,6 +178,15 @@ def _init(args: argparse.Namespace) -> int:
         expr_key=args.expr_key, control_label=args.control_label, cell_lines=cell_lines,
     )
     return 0
+
+
+# ------------------------------------------------------------------ gate
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from .gate import gate
+
+    return gate(args.summary)
 
 
 # ------------------------------------------------------------------ probes

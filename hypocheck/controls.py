@@ -11,14 +11,13 @@ like the verdict itself.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
 
 import numpy as np
 
 from .backend import ProbeContext
 from .cases import Case
-from .verdict import CaseVerdict, judge
+from .decisions import judge, with_control_outcomes
+from .records import CaseVerdict
 
 CONTROL_SEPARATOR = "~"
 CONTROL_KINDS: tuple[str, ...] = ("randomized", "shuffled_perts")
@@ -32,23 +31,13 @@ def control_case(case: Case, kind: str) -> Case:
 
 
 def with_controls(case: Case, verdict: CaseVerdict, context: ProbeContext) -> CaseVerdict:
-    """``verdict`` with each control's verdict, effect and CI, and the flag when one holds as strongly."""
+    """``verdict`` with each control's verdict, effect and CI, and the flag when one holds as strongly
+    (the rule: ``hypocheck.decisions.with_control_outcomes``)."""
     if not case.hypothesis.controls:
         return verdict
-    results: dict[str, dict[str, Any]] = {}
-    notes = list(verdict.notes)
-    specific: bool | None = None
+    judged: dict[str, CaseVerdict] = {}
     for kind in case.hypothesis.controls:
         twin = control_case(case, kind)
         result = case.probe.run(context.prepare(twin), params=twin.params, rng=np.random.default_rng(twin.seed))
-        judged = judge(twin, result)
-        results[kind] = {"verdict": judged.verdict, "effect": judged.effect, "ci": list(judged.ci), "p": judged.p}
-        if verdict.verdict != "pass":
-            continue
-        low = verdict.ci[0] if verdict.ci[0] is not None and math.isfinite(verdict.ci[0]) else verdict.effect
-        strong = judged.verdict == "pass" and judged.effect is not None and low is not None and judged.effect >= low
-        specific = (specific is not False) and not strong
-        if strong:
-            notes.append(f"not specific to training: the claim holds as strongly on the {kind} control "
-                         f"({verdict.effect_metric} {judged.effect:.3g} vs {verdict.effect:.3g})")
-    return dataclasses.replace(verdict, controls=results, specific_to_training=specific, notes=notes)
+        judged[kind] = judge(twin, result)
+    return with_control_outcomes(verdict, judged)

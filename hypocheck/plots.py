@@ -44,21 +44,20 @@ from matplotlib.figure import Figure
 
 from .registry import ProbeResult
 
-#: Metrics that hold the observed value of the statistic a null was drawn for, by preference.
-OBSERVED_METRICS = ("observed", "within_mean_cosine", "mean_purity", "mean_cosine", "statistic")
-
 PlotFn = Callable[[ProbeResult, "PlotInfo"], Figure | None]
 
 
 @dataclass(frozen=True)
 class PlotInfo:
-    """What a plot may need beyond the result: the case's metrics, its set members, a title."""
+    """What a plot may need beyond the result: the case's metrics, its set members, a title, and which metrics
+    its probe declares as the p-value and as the observed statistic (``ProbeSpec.metrics_of_kind``)."""
 
     title: str = ""
     metrics: Mapping[str, float | None] = field(default_factory=dict)
     members: np.ndarray | None = None
     labels: tuple[str, ...] | None = None
     p_metric: str | None = None
+    observed_metric: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,20 +127,16 @@ def _finite(values: Any) -> np.ndarray:
 
 
 def observed_value(result: ProbeResult, info: PlotInfo) -> float | None:
-    """The observed statistic the null is for: ``arrays['observed']``, a known metric, or mean + z·sd of the null."""
+    """The observed statistic the null is for: ``arrays['observed']``, else the metric the probe declares
+    ``observed`` (``None`` when neither is there: the plot then draws the null alone)."""
     if "observed" in result.arrays:
         given = float(np.asarray(result.arrays["observed"], dtype=float).ravel()[0])
         return given if math.isfinite(given) else None
+    if info.observed_metric is None:
+        return None
     metrics: dict[str, float | None] = {**result.metrics, **info.metrics}
-    for name in OBSERVED_METRICS:
-        value = metrics.get(name)
-        if value is not None and math.isfinite(value):
-            return float(value)
-    null = _finite(result.null) if result.null is not None else np.array([])
-    z = metrics.get("z")
-    if null.size > 1 and z is not None and math.isfinite(z):
-        return float(null.mean() + z * null.std(ddof=1))
-    return None
+    value = metrics.get(info.observed_metric)
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def set_title(ax: Axes, text: str, width: int = 64) -> None:

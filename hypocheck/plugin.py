@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from . import allure_report, hookspecs, progress
+from . import hookspecs, progress, reporters
 from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, backend_factory
 from .baseline import case_fingerprints
 from .cases import Case, expand
 from .controls import with_controls
+from .decisions import case_outcome, judge
 from .errors import HypocheckError, HypothesisFileError, Location
+from .records import CaseVerdict, error_verdict
 from .runsummary import (
     BASELINE_KEY,
     EMPTY_DIRS_KEY,
@@ -41,11 +43,12 @@ from .runsummary import (
     NOTES_KEY,
     RECORD_KEY,
     RunSummary,
+    finished_line,
     load_baseline,
     wants_fingerprints,
 )
 from .schema import hypotheses_from_doc
-from .verdict import CaseVerdict, error_verdict, judge
+from .summary import failure_text
 from .yamlsource import load_yaml
 
 _seen_ids = pytest.StashKey[dict[str, str]]()
@@ -112,6 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     config.stash[BASELINE_KEY] = load_baseline(config)
     _configure_progress(config)
+    reporters.register(config)
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(RunSummary(config), "hypocheck-summary")
         if config.getoption("--clear-artifact-cache"):
@@ -173,10 +177,10 @@ class ProgressPlugin:
             self._own = progress.Publisher(self.directory / "main.json", "").start()
             self._previous = progress.install(self._own)
 
-    def finished(self, line: str) -> None:
-        """Print a finished case's line (from the run summary's record)."""
+    def pytest_hypocheck_case_recorded(self, verdict: CaseVerdict, duration: float) -> None:
+        """Print a finished case's line, read from its record."""
         if self.reporter is not None:
-            self.reporter.finished(line)
+            self.reporter.finished(finished_line(verdict, duration))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -285,10 +289,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"hypocheck: the suite config cannot be used:\n{exc}") from None
 
 
-def _family(config: pytest.Config, path: str | Path) -> str:
-    return allure_report.family_of(path)
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Costliest first, cases that share heavy artifacts side by side (longest-processing-time order).
@@ -390,8 +390,6 @@ class BrokenFileItem(pytest.Item):
         self.error = error
 
     def runtest(self) -> None:
-        if allure_report.enabled(self.config):
-            allure_report.start_broken_file(self.path, _family(self.config, self.path))
         self.user_properties.append((RECORD_KEY, _error_record(None, self.nodeid, self.error, str(self.path),
                                                                self.nodeid)))
         raise self.error
@@ -453,9 +451,6 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
     item = request.node
     assert isinstance(item, CaseItem)
     case = item.case
-    reporting = allure_report.enabled(item.config)
-    if reporting:
-        allure_report.start_case(case, _family(item.config, item.path))
     try:
         with progress.stage("inputs"):
             inputs = hypocheck_context.prepare(case)
@@ -473,33 +468,21 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
         raise
     env = dict(hypocheck_context.environment())
     item.user_properties.append((ENV_KEY, env))
-    record = verdict.to_json()
-    record["nodeid"] = item.nodeid
+    verdict = dataclasses.replace(verdict, nodeid=item.nodeid)
     if wants_fingerprints(item.config):
         values = [*case.axes.values(), *case.params.model_dump().values(), *case.inputs.model_dump().values()]
-        record["fingerprints"] = case_fingerprints(values, env)
-    item.user_properties.append((RECORD_KEY, record))
-    if reporting:
-        allure_report.report_case(case, verdict, result, inputs)
+        verdict = dataclasses.replace(verdict, fingerprints=case_fingerprints(values, env))
+    item.user_properties.append((RECORD_KEY, verdict.to_json()))
+    item.config.hook.pytest_hypocheck_case_judged(config=item.config, case=case, verdict=verdict, result=result,
+                                                  inputs=inputs)
     _conclude(case, verdict)
 
 
-def _explain(case: Case, verdict: CaseVerdict) -> str:
-    lines = [f"claim: {case.hypothesis.claim}", f"verdict: {verdict.verdict} — {verdict.reason}"]
-    for check in verdict.checks:
-        mark = {True: "✓", False: "✗", None: "?"}[check["holds"]]
-        lines.append(f"  {mark} {check['detail']}")
-    for metric, value in verdict.reported.items():
-        lines.append(f"  reported {metric} = {value:g}, measured {verdict.metrics.get(metric, float('nan')):.4g}")
-    if verdict.truth is not None:
-        lines.append(f"  planted truth: {verdict.truth} (expected {verdict.expected})")
-    lines.append(f"  seed {verdict.seed}; defined at {case.location}")
-    return "\n".join(lines)
-
-
 def _conclude(case: Case, verdict: CaseVerdict) -> None:
-    """The pytest outcome is the verdict: pass → passed, fail → failed, inconclusive → skipped."""
-    if verdict.verdict == "fail":
-        pytest.fail(_explain(case, verdict), pytrace=False)
-    if verdict.verdict == "inconclusive":
+    """The pytest outcome is the verdict (``hypocheck.decisions.case_outcome``): pass → passed, fail → failed,
+    inconclusive → skipped."""
+    outcome = case_outcome(verdict.verdict)
+    if outcome == "failed":
+        pytest.fail(failure_text(verdict), pytrace=False)
+    if outcome == "skipped":
         pytest.skip(f"inconclusive: {verdict.reason}")

@@ -1,14 +1,16 @@
-"""The controlling process's view of a run: every case's record, claims, the summary, baselines, exit status.
+"""The controlling process's view of a run: every case's record, the run record, the exit status.
 
 Workers send each case's verdict record (decided in its item) through ``user_properties``; this plugin
-collects them as typed :class:`~hypocheck.verdict.CaseVerdict` records. A case that never finished (its
-worker crashed, the run was interrupted) becomes an *error* record with the reason, so no case vanishes
-from any output.
+collects them as typed :class:`~hypocheck.records.CaseVerdict` records and hands each to the reporters
+(``pytest_hypocheck_case_recorded``). A case that never finished (its worker crashed, the run was
+interrupted) becomes an *error* record with the reason, so no case vanishes from any output. When the run
+ends it builds the :class:`~hypocheck.records.RunRecord` (with the drift against ``--baseline``), hands it to
+the reporters (``pytest_hypocheck_run_finished``) and sets the exit status (``hypocheck.decisions``).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import platform
 import sys
 from collections.abc import Callable, Mapping
@@ -18,13 +20,11 @@ from typing import Any
 
 import pytest
 
-from . import allure_report
-from .baseline import Baseline, baseline_path, compare_run, drift_terminal_lines
-from .baseline import document as baseline_document
-from .baseline import markdown as drift_markdown
-from .baseline import save as save_baseline
-from .summary import build_summary, terminal_lines, write_summary
-from .verdict import CaseVerdict, error_verdict
+from .baseline import Baseline, baseline_path, baselines_dir, compare_run
+from .decisions import ExitRule, run_problems
+from .formatting import fmt
+from .records import CaseVerdict, RunRecord, error_verdict
+from .summary import build_run
 
 RECORD_KEY = "hypocheck_case"
 ENV_KEY = "hypocheck_environment"
@@ -34,16 +34,6 @@ EMPTY_DIRS_KEY = pytest.StashKey[list[Path]]()
 PACKAGES = ("hypocheck", "arc-state", "torch", "transformers", "numpy", "scipy", "anndata", "pytest", "pytest-xdist")
 FILE_RULE = ("a .yaml/.yml file in a folder named 'hypotheses', or a file named *.hyp.yaml; "
              "set the ini option hypocheck_files to change the rule")
-
-
-def reports_dir(config: pytest.Config) -> Path:
-    option = config.getoption("--hypocheck-reports")
-    return Path(option) if option else Path(config.rootpath) / "reports"
-
-
-def baselines_dir(config: pytest.Config) -> Path:
-    option = config.getoption("--baseline-dir")
-    return (config.invocation_params.dir / option).resolve() if option else Path(config.rootpath) / "baselines"
 
 
 def wants_fingerprints(config: pytest.Config) -> bool:
@@ -85,19 +75,15 @@ def case_id_of(nodeid: str) -> str:
     return f"{Path(file).stem}::{name}" if name != "<load>" else nodeid
 
 
-def _num(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
-
-
 def finished_line(record: CaseVerdict, seconds: float) -> str:
     """The progress display's line for a finished case, read from its one verdict record (never re-decided):
     ``PASS  file::case[axes]  effect delta=0.42 [0.31, 0.55]  p 0.002  (12.4 s)``."""
     head = f"{record.verdict.upper():<5} {record.id}"
     if record.verdict == "error":
         return f"{head}  could not run: {' '.join(record.reason.split())[:120]}  ({seconds:.1f} s)"
-    effect = (f"  effect {record.effect_metric}={_num(record.effect)} [{_num(record.ci[0])}, {_num(record.ci[1])}]"
+    effect = (f"  effect {record.effect_metric}={fmt(record.effect)} [{fmt(record.ci[0])}, {fmt(record.ci[1])}]"
               if record.effect_metric and record.effect is not None else "")
-    p = f"  p {_num(record.p)}" if record.p is not None else ""
+    p = f"  p {fmt(record.p)}" if record.p is not None else ""
     why = f"  {' '.join(record.reason.split())[:100]}" if record.verdict == "inconclusive" else ""
     return f"{head}{effect}{p}{why}  ({seconds:.1f} s)"
 
@@ -113,17 +99,15 @@ def merge_environment(into: dict[str, Any], reported: Mapping[str, Any]) -> None
 
 
 class RunSummary:
-    """Controller-side plugin: gathers case records and writes the summary, the drift and the baseline."""
+    """Controller-side plugin: gathers case records, hands them and the run record to the reporters, and sets
+    the exit status."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.records: dict[str, CaseVerdict] = {}
         self.expected_nodeids: set[str] = set()
         self.environment: dict[str, Any] = {}
-        self.summary: dict[str, Any] | None = None
-        self.drift: dict[str, Any] | None = None
-        self.saved_baseline: Path | None = None
-        self.partial_note: str | None = None
+        self.run: RunRecord | None = None
         self.collected = 0
         self.durations: dict[str, float] = {}
 
@@ -153,9 +137,8 @@ class RunSummary:
             self.records[report.nodeid] = error_verdict(case_id_of(report.nodeid), reason, report.nodeid,
                                                         nodeid=report.nodeid)
         if not known and report.nodeid in self.records:
-            display = self.config.pluginmanager.get_plugin("hypocheck-progress")
-            if display is not None:
-                display.finished(finished_line(self.records[report.nodeid], self.durations[report.nodeid]))
+            self.config.hook.pytest_hypocheck_case_recorded(config=self.config, verdict=self.records[report.nodeid],
+                                                            duration=self.durations[report.nodeid])
 
     def _unfinished(self, session: pytest.Session) -> list[CaseVerdict]:
         if self.config.option.collectonly:
@@ -168,56 +151,21 @@ class RunSummary:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.collected = session.testscollected
-        alluredir = allure_report.results_dir(self.config)
-        env = environment(self.config, self.environment)
-        if alluredir is not None:
-            allure_report.write_run_metadata(alluredir, env)
-        cases = [*self.records.values(), *self._unfinished(session)]
+        unfinished = self._unfinished(session)
+        for record in unfinished:
+            self.config.hook.pytest_hypocheck_case_recorded(config=self.config, verdict=record, duration=0.0)
+        cases = [*self.records.values(), *unfinished]
         if not cases:
             return
-        self.summary = build_summary(cases, env)
+        run = build_run(cases, environment(self.config, self.environment))
         baseline = self.config.stash.get(BASELINE_KEY, None)
-        extra = ""
         if baseline is not None:
-            self.drift = compare_run(baseline, self.summary, _selection(self.config), self.config)
-            self.summary["drift"] = self.drift
-            extra = drift_markdown(self.drift)
-            if alluredir is not None:
-                for case_id in self.drift["gone"]:
-                    base = baseline.cases[case_id]
-                    allure_report.write_gone_result(alluredir, case_id, f"case gone since baseline {baseline.name}",
-                                                    allure_report.family_of(base.get("nodeid", case_id)))
-        if alluredir is not None:
-            allure_report.label_claims(alluredir, self.summary["claims"], (self.drift or {}).get("cases"))
-        write_summary(reports_dir(self.config), self.summary, extra)
-        name = self.config.getoption("--save-baseline")
-        if name:
-            self.saved_baseline = baseline_path(baselines_dir(self.config), name)
-            self.partial_note = self._partial_note()
-            save_baseline(self.saved_baseline, baseline_document(name, self.summary, env, self.partial_note))
-        if exitstatus == 0 and self._run_failed():
+            run = dataclasses.replace(run, drift=compare_run(baseline, run, _selection(self.config), self.config))
+        self.run = run
+        self.config.hook.pytest_hypocheck_run_finished(config=self.config, run=run)
+        rule = ExitRule(inconclusive=bool(self.config.getoption("--inconclusive-fails")))
+        if exitstatus == 0 and run_problems(run, rule):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def _run_failed(self) -> bool:
-        """Non-zero exit beyond failed items: a claim that does not hold, truth that differs, drift, or an
-        inconclusive case under ``--inconclusive-fails``."""
-        assert self.summary is not None
-        bad_claims = any(c["verdict"] in {"fail", "error"} for c in self.summary["claims"])
-        inconclusive = self.config.getoption("--inconclusive-fails") and self.summary["counts"]["inconclusive"]
-        drifted = bool(self.drift and (self.drift["cases"] or self.drift["gone"]))
-        return bool(bad_claims or self.summary["mismatches"] or inconclusive or drifted
-                    or self.summary["counts"]["error"])
-
-    def _partial_note(self) -> str | None:
-        """Why a saved baseline may hold fewer cases than the suite has (-k / -m / a narrower path)."""
-        narrowed = [f"-k {self.config.getoption('keyword')}" if self.config.getoption("keyword") else "",
-                    f"-m {self.config.getoption('markexpr')}" if self.config.getoption("markexpr") else ""]
-        testpaths = [str(p) for p in self.config.getini("testpaths")]
-        args = [str(a) for a in self.config.args]
-        if args and testpaths and sorted(args) != sorted(testpaths):
-            narrowed.append("paths " + " ".join(args))
-        chosen = [n for n in narrowed if n]
-        return "the run was narrowed (" + "; ".join(chosen) + ")" if chosen else None
 
     # ---------------------------------------------------------------- terminal
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -228,22 +176,6 @@ class RunSummary:
             for directory in empty:
                 terminalreporter.write_line(f"hypocheck: no hypothesis files under {directory} ({rule})",
                                             yellow=True)
-        if not self.summary:
-            return
-        terminalreporter.section("hypocheck verdicts")
-        for line in terminal_lines(self.summary):
-            terminalreporter.write_line(line)
-        terminalreporter.write_line(f"written: {reports_dir(self.config) / 'summary.json'} and summary.md")
-        if self.drift is not None:
-            terminalreporter.section("hypocheck drift")
-            for line in drift_terminal_lines(self.drift):
-                terminalreporter.write_line(line)
-        if self.saved_baseline is not None:
-            terminalreporter.write_line(f"baseline saved: {self.saved_baseline}")
-            if self.partial_note:
-                terminalreporter.write_line(
-                    f"note: {self.partial_note}; the baseline holds only its {len(self.summary['cases'])} cases",
-                    yellow=True)
 
 
 def _selection(config: pytest.Config) -> Callable[[str], bool]:

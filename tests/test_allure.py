@@ -71,9 +71,11 @@ def test_plot_registry_draws_every_known_array_kind() -> None:
 
 def test_observed_value_and_set_order() -> None:
     null = np.linspace(0, 1, 101)
-    assert plots.observed_value(ProbeResult(metrics={"within_mean_cosine": 0.7}, null=null), plots.PlotInfo()) == 0.7
-    derived = plots.observed_value(ProbeResult(metrics={"z": 2.0}, null=null), plots.PlotInfo())
-    assert derived == pytest.approx(null.mean() + 2 * null.std(ddof=1))
+    declared = plots.PlotInfo(observed_metric="within_mean_cosine")  # the probe's metric of kind "observed"
+    assert plots.observed_value(ProbeResult(metrics={"within_mean_cosine": 0.7}, null=null), declared) == 0.7
+    # a metric's name says nothing: without a declared observed metric, the null is drawn alone
+    assert plots.observed_value(ProbeResult(metrics={"within_mean_cosine": 0.7, "z": 2.0}, null=null),
+                                plots.PlotInfo()) is None
     assert plots.observed_value(ProbeResult(metrics={}, arrays={"observed": np.array(0.25)}, null=null),
                                 plots.PlotInfo()) == 0.25
     order, cuts = plots.set_order(6, np.array([4, 1]), None)

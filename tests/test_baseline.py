@@ -6,6 +6,7 @@ The end-to-end tests run the plugin with pytester on two tiny real arc-state mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from hypocheck.baseline import Baseline, DriftRule, baseline_path, document, fingerprints, save, within_tolerance
+from hypocheck.records import CaseVerdict, NullSummary, RunRecord, error_verdict
+from hypocheck.summary import build_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,21 +110,22 @@ def test_tolerance_is_abs_plus_rel_times_baseline() -> None:
     assert within_tolerance(math.inf, math.inf, 0, 0) and not within_tolerance(math.inf, 1e300, 1, 1)
 
 
-def _record(case_id: str, verdict: str, ci: tuple[float, float] | None = None, **metrics: float | None) -> dict:
-    return {"id": case_id, "nodeid": f"hypotheses/x.yaml::{case_id}", "verdict": verdict, "metrics": metrics,
-            "fingerprints": {"models/a": "f1"}, "effect_metric": "z", "hypothesis": "h",
-            "ci": list(ci) if ci else [None, None], "null": {"mean": 0.0, "sd": 1.0, "draws": 1000.0}}
+def _record(case_id: str, verdict: str, ci: tuple[float, float] | None = None, **metrics: float | None) -> CaseVerdict:
+    base = error_verdict(case_id, "", "", hypothesis="h", nodeid=f"hypotheses/x.yaml::{case_id}")
+    return dataclasses.replace(base, verdict=verdict, metrics=metrics, fingerprints={"models/a": "f1"},
+                               effect_metric="z", ci=ci or (None, None), null=NullSummary(0.0, 1.0, 1000.0),
+                               metric_kinds={m: "p" if m == "p" else "descriptive" for m in metrics})
 
 
-def _summary_of(*cases: dict) -> dict:
-    return {"cases": list(cases), "claims": [{"hypothesis": "h", "verdict": cases[0]["verdict"]}]}
+def _summary_of(*cases: CaseVerdict, environment: dict | None = None) -> RunRecord:
+    return build_run(cases, environment or {})
 
 
 def test_save_load_and_compare(tmp_path: Path) -> None:
     cases = [_record("x::h[b]", "fail", z=1.0, p=0.2), _record("x::h[a]", "pass", (2.5, 3.5), z=3.0, p=0.001, n=None)]
     path = baseline_path(tmp_path, "v1")
-    save(path, document("v1", _summary_of(*cases), {"models": {"a": {"fingerprint": "f1"}},
-                                                    "data": {"fingerprint": "d"}}))
+    save(path, document("v1", _summary_of(*cases, environment={"models": {"a": {"fingerprint": "f1"}},
+                                                               "data": {"fingerprint": "d"}})))
     text = path.read_text()
     assert text.endswith("}\n") and text.index('"x::h[a]"') < text.index('"x::h[b]"')  # sorted, reviewable
     base = Baseline.load(path)
@@ -129,9 +133,9 @@ def test_save_load_and_compare(tmp_path: Path) -> None:
     fixed = DriftRule(abs_tol=1e-6, rel_tol=1e-4)
     assert base.compare(_record("x::h[a]", "pass", z=3.0 + 1e-9, p=0.001, n=None), fixed) == []
     drift = base.compare(_record("x::h[a]", "fail", z=2.5, p=0.001, q=1.0), fixed)
-    assert [e["kind"] for e in drift] == ["verdict", "metric_gone", "metric_added", "metric"]
-    assert drift[-1]["name"] == "z" and drift[-1]["delta"] == pytest.approx(-0.5)
-    assert base.compare(_record("x::h[new]", "pass"), fixed) == [{"kind": "added"}]
+    assert [e.kind for e in drift] == ["verdict", "metric_gone", "metric_added", "metric"]
+    assert drift[-1].name == "z" and drift[-1].delta == pytest.approx(-0.5)
+    assert [e.to_json() for e in base.compare(_record("x::h[new]", "pass"), fixed)] == [{"kind": "added"}]
     assert base.changed_fingerprints(fingerprints({"models": {"a": "f2"}, "data": {"fingerprint": "d"}})) == {
         "models/a": {"baseline": "f1", "current": "f2"}}
     with pytest.raises(ValueError, match="no path separators"):
@@ -143,16 +147,16 @@ def test_default_drift_is_measured_against_each_metrics_uncertainty(tmp_path: Pa
     by three Monte-Carlo SEs; a metric with no CI of its own is held to its case's effect CI."""
     path = baseline_path(tmp_path, "v1")
     base_case = _record("x::h[a]", "pass", (2.5, 3.5), z=3.0, z_ci_low=2.5, z_ci_high=3.5, p=0.01, w=0.4)
-    save(path, document("v1", _summary_of(base_case), {}))
+    save(path, document("v1", _summary_of(base_case)))
     base, rule = Baseline.load(path), DriftRule()
     assert base.compare(_record("x::h[a]", "pass", z=3.3, z_ci_low=2.8, z_ci_high=3.8, p=0.015, w=0.7), rule) == []
     moved = base.compare(_record("x::h[a]", "pass", z=3.6, z_ci_low=3.1, z_ci_high=4.1, p=0.05, w=1.2), rule)
-    assert {e["name"] for e in moved} == {"z", "z_ci_low", "z_ci_high", "p", "w"}
-    assert "0.5 × its CI width" in next(e for e in moved if e["name"] == "z")["rule"]
-    assert "Monte-Carlo" in next(e for e in moved if e["name"] == "p")["rule"]
+    assert {e.name for e in moved} == {"z", "z_ci_low", "z_ci_high", "p", "w"}
+    assert "0.5 × its CI width" in (next(e for e in moved if e.name == "z").rule or "")
+    assert "Monte-Carlo" in (next(e for e in moved if e.name == "p").rule or "")
     verdicts_only = DriftRule(verdicts_only=True)
     assert base.compare(_record("x::h[a]", "pass", z=9.0), verdicts_only) == []
-    assert base.compare(_record("x::h[a]", "fail", z=9.0), verdicts_only)[0]["kind"] == "verdict"
+    assert base.compare(_record("x::h[a]", "fail", z=9.0), verdicts_only)[0].kind == "verdict"
 
 
 # ------------------------------------------------------------------------------------------- end to end

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hypocheck.summary import claim_result
+from hypocheck.decisions import claim_result
 from hypocheck.verdict import CaseVerdict, error_verdict
 
 CONFTEST = '''

@@ -1,0 +1,79 @@
+"""The reporters the plugin registers: each a small plugin on the engine's hooks (``hypocheck.hookspecs``).
+
+=====================  =====================================  =======================================
+reporter               module                                 hooks
+=====================  =====================================  =======================================
+terminal lines         ``hypocheck.summary.TerminalLines``    run_finished (+ pytest_terminal_summary)
+summary files          ``hypocheck.summary.SummaryFiles``     run_finished
+baselines and drift    ``hypocheck.baseline.BaselineReporter`` run_finished
+Allure results         ``hypocheck.allure_report.AllureReporter`` case_judged (worker), run_finished
+plots (as Allure PNG)  :class:`PlotAttachments`               case_judged (worker)
+progress lines         ``hypocheck.plugin.ProgressPlugin``    case_recorded
+=====================  =====================================  =======================================
+
+A project adds its own the same way: a module with ``pytest_hypocheck_case_recorded`` and
+``pytest_hypocheck_run_finished`` functions, loaded with ``-p module`` (see ``docs/user-guide.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from .cases import Case
+from .records import CaseVerdict
+from .registry import ProbeResult
+
+NAMES = ("hypocheck-terminal", "hypocheck-summary-files", "hypocheck-baseline", "hypocheck-allure",
+         "hypocheck-plots")
+
+
+def _array(inputs: Any, name: str) -> np.ndarray | None:
+    """A named array of a probe's inputs (a typed input record's field, or a mapping's key)."""
+    values = inputs if isinstance(inputs, Mapping) else getattr(inputs, "values", None)
+    value = values.get(name) if isinstance(values, Mapping) else getattr(inputs, name, None)
+    return None if value is None else np.asarray(value)
+
+
+class PlotAttachments:
+    """Reporter: every plot the probe's result suits (``hypocheck.plots``), attached to the case's Allure result
+    as PNG, on the process that ran the case (matplotlib is imported by the first case reported)."""
+
+    @pytest.hookimpl(trylast=True)  # after the Allure reporter's description and metrics
+    def pytest_hypocheck_case_judged(self, case: Case, verdict: CaseVerdict, result: ProbeResult,
+                                     inputs: Any) -> None:
+        import allure
+
+        from .plots import PlotInfo, render_all
+
+        groups = result.arrays.get("groups")
+        observed = case.probe.metrics_of_kind("observed")
+        info = PlotInfo(title=f"{case.hypothesis.id} [{case.label}]" if case.axes else case.hypothesis.id,
+                        metrics=verdict.metrics, members=_array(inputs, "members"),
+                        labels=None if groups is None else tuple(str(g) for g in np.asarray(groups).ravel()),
+                        p_metric=case.probe.p, observed_metric=observed[0] if observed else None)
+        for title, png in render_all(result, info):
+            kind = allure.attachment_type.PNG if isinstance(png, bytes) else allure.attachment_type.TEXT
+            allure.attach(png, name=title, attachment_type=kind)
+
+
+def register(config: pytest.Config) -> None:
+    """Register the shipped reporters: Allure and plots when the run writes Allure results (every process);
+    terminal lines, summary files and baselines on the controller."""
+    from .allure_report import AllureReporter, results_dir
+
+    manager = config.pluginmanager
+    alluredir = results_dir(config)
+    if alluredir is not None:
+        manager.register(AllureReporter(alluredir), "hypocheck-allure")
+        manager.register(PlotAttachments(), "hypocheck-plots")
+    if not hasattr(config, "workerinput"):
+        from .baseline import BaselineReporter
+        from .summary import SummaryFiles, TerminalLines
+
+        manager.register(TerminalLines(), "hypocheck-terminal")
+        manager.register(SummaryFiles(), "hypocheck-summary-files")
+        manager.register(BaselineReporter(), "hypocheck-baseline")
