@@ -25,12 +25,32 @@ BACKEND = sorted((ROOT / "fixtures").rglob("*.py"))
 NAMESPACE = {"hypocheck": "hypocheck", "probes": "hypocheck.probes", "fixtures": "hypocheck.fixtures"}
 
 
-def imported(path: Path) -> set[str]:
-    """Absolute module names ``path`` imports (relative imports resolved against its package)."""
+def module_name(path: Path) -> str:
+    """The installed name of a runtime module (``fixtures/store.py`` → ``hypocheck.fixtures.store``)."""
+    folder, *inner = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join([NAMESPACE[folder], *(p for p in inner if p != "__init__")])
+
+
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """Ids of the import nodes inside ``if TYPE_CHECKING:`` blocks (names for annotations, never imported)."""
+    nodes: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            nodes |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return nodes
+
+
+def imported(path: Path, *, at_run_time: bool = False) -> set[str]:
+    """Absolute module names ``path`` imports (relative imports resolved against its package); ``at_run_time``:
+    without the imports for annotations only."""
     folder, *inner = path.parent.relative_to(ROOT).parts
     package = ".".join([NAMESPACE[folder], *inner])
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_only(tree) if at_run_time else set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -51,6 +71,44 @@ def test_the_engine_imports_neither_probes_nor_backend(path: Path) -> None:
 def test_probes_import_the_engine_not_the_backend(path: Path) -> None:
     bad = sorted(n for n in imported(path) if n.startswith("hypocheck.fixtures") or n.split(".")[0] == "torch")
     assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("path", BACKEND, ids=lambda p: p.name)
+def test_the_backend_imports_no_probe_module(path: Path) -> None:
+    """The backend meets the probes at the input kinds (``hypocheck.probes.kinds``) and nowhere else."""
+    bad = sorted(n for n in imported(path) if n.startswith("hypocheck.probes")
+                 and not n.startswith("hypocheck.probes.kinds"))
+    assert not bad, f"{path.name} imports {bad}"
+
+
+def test_the_input_kinds_hold_no_probe() -> None:
+    """``probes/kinds.py`` is the contract between probes and backends: records and options, no probe."""
+    path = ROOT / "probes" / "kinds.py"
+    assert "@probe" not in path.read_text(encoding="utf-8")
+    assert sorted(n for n in imported(path) if n.startswith("hypocheck.")) == ["hypocheck.inputs",
+                                                                              "hypocheck.inputs.InputRecord"]
+
+
+def test_no_import_cycle() -> None:
+    """No runtime module reaches itself through the imports that run (imports inside functions included)."""
+    graph = {module_name(p): imported(p, at_run_time=True) for p in ENGINE + PROBES + BACKEND}
+    graph = {m: {n for n in names if n in graph and n != m} for m, names in graph.items()}
+    cycles: list[list[str]] = []
+
+    def visit(module: str, trail: list[str], done: set[str]) -> None:
+        if module in trail:
+            cycles.append([*trail[trail.index(module):], module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, [*trail, module], done)
+        done.add(module)
+
+    finished: set[str] = set()
+    for module in sorted(graph):
+        visit(module, [], finished)
+    assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles[:5])
 
 
 @pytest.mark.parametrize("path", ENGINE + PROBES + BACKEND, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -172,19 +172,20 @@ def test_suite_builds_each_control_once_from_the_trained_model(ctx: SuiteContext
 
 
 def test_suite_artifacts_of_controls_are_their_own(ctx: SuiteContext, trained: STAdapter) -> None:
-    names, trained_emb = ctx.artifacts.pert_embeddings("tiny")
+    names, trained_emb = ctx.artifacts.embeddings.pert_embeddings("tiny")
     shuffled = ctx.suite.model("tiny~shuffled_perts")
     assert isinstance(shuffled, ShuffledPerturbations) and shuffled.seed == SEED
     assert ctx.suite.model("tiny~shuffled_perts") is shuffled
-    shuffled_names, shuffled_emb = ctx.artifacts.pert_embeddings("tiny~shuffled_perts")
+    shuffled_names, shuffled_emb = ctx.artifacts.embeddings.pert_embeddings("tiny~shuffled_perts")
     assert shuffled_names == names == ctx.suite.knockdowns("tiny~shuffled_perts")
     with torch.no_grad():
         routed = trained.encode_perturbation(trained.onehot([shuffled.routing[n] for n in names]))
     np.testing.assert_array_equal(shuffled_emb, routed.double().numpy())
     assert not np.allclose(shuffled_emb, trained_emb)
-    _, randomized_emb = ctx.artifacts.pert_embeddings("tiny~randomized")
+    _, randomized_emb = ctx.artifacts.embeddings.pert_embeddings("tiny~randomized")
     assert randomized_emb.shape == trained_emb.shape and not np.allclose(randomized_emb, trained_emb)
-    assert not np.allclose(ctx.artifacts.delta_y("tiny~randomized", "hepg2"), ctx.artifacts.delta_y("tiny", "hepg2"))
+    outputs = ctx.artifacts.outputs
+    assert not np.allclose(outputs.delta_y("tiny~randomized", "hepg2"), outputs.delta_y("tiny", "hepg2"))
 
 
 def test_suite_loads_the_trained_model_once_for_its_controls(ctx: SuiteContext, monkeypatch) -> None:

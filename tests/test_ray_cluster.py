@@ -241,27 +241,29 @@ class _RecordingExecutor(LocalExecutor):
 def test_artifacts_are_fixed_chunks_reduced_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    from hypocheck.fixtures import artifacts
+    from hypocheck.fixtures import knockouts, outputs
     from hypocheck.fixtures.config import SuiteConfig
     from hypocheck.fixtures.context import SuiteContext
+    from hypocheck.fixtures.store import chunk_ranges
     from tests.helpers_tiny import single_thread, tiny_suite
 
-    assert artifacts.chunk_ranges(7, 3) == [(0, 3), (3, 6), (6, 7)] and artifacts.chunk_ranges(0, 3) == []
+    assert chunk_ranges(7, 3) == [(0, 3), (3, 6), (6, 7)] and chunk_ranges(0, 3) == []
     with single_thread():
         config = SuiteConfig.load(tiny_suite(tmp_path, cells=8, seed=3))
         whole = SuiteContext(config).artifacts  # one chunk: the tiny model has fewer than 64 knockdowns
         n_kds = len(whole.suite.knockdowns("tiny"))
         genes = whole.suite.model("tiny").gene_names[:5]
-        dy, ko = whole.delta_y("tiny", "hepg2"), whole.knockout_profiles("tiny", "hepg2", genes)
-        monkeypatch.setattr(artifacts, "KD_CHUNK", 2)
-        monkeypatch.setattr(artifacts, "GENE_CHUNK", 2)
+        dy, ko = whole.outputs.delta_y("tiny", "hepg2"), whole.knockouts.knockout_profiles("tiny", "hepg2", genes)
+        monkeypatch.setattr(outputs, "KD_CHUNK", 2)
+        monkeypatch.setattr(knockouts, "GENE_CHUNK", 2)
         executor = _RecordingExecutor()
         chunked = SuiteContext(config, executor=executor).artifacts
-        dy3, ko2 = chunked.delta_y("tiny", "hepg2"), chunked.knockout_profiles("tiny", "hepg2", genes)
+        dy3 = chunked.outputs.delta_y("tiny", "hepg2")
+        ko2 = chunked.knockouts.knockout_profiles("tiny", "hepg2", genes)
     assert n_kds > 2, n_kds  # several ΔY chunks
     (dy_label, dy_items), (ko_label, ko_items) = executor.calls
-    assert dy_label == "delta_y_chunk" and [(a, b) for *_, a, b in dy_items] == artifacts.chunk_ranges(n_kds, 2)
-    assert ko_label == "knockout_chunk" and [g for *_, g in ko_items] == [genes[0:2], genes[2:4], genes[4:5]]
+    assert dy_label == "delta_y_chunk" and [(t.start, t.stop) for t in dy_items] == chunk_ranges(n_kds, 2)
+    assert ko_label == "knockout_chunk" and [t.genes for t in ko_items] == [genes[0:2], genes[2:4], genes[4:5]]
     np.testing.assert_allclose(dy3, dy, rtol=1e-5, atol=1e-6)  # same rows, in order (float32 forwards)
     np.testing.assert_allclose(ko2, ko, rtol=1e-5, atol=1e-6)
     assert dy3.shape == (n_kds, dy.shape[1]) and ko2.shape == ko.shape

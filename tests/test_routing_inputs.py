@@ -65,8 +65,9 @@ def test_delta_y_is_the_cell_mean_difference_to_control(ctx: SuiteContext) -> No
     assert names == ["KD00", "KD01", "KD02"]
     with torch.no_grad():
         y = _mean_prediction(ctx, adapter.onehot([*names, adapter.control_pert])).double().numpy()
-    np.testing.assert_allclose(ctx.artifacts.delta_y("tiny", "hepg2"), y[:-1] - y[-1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ctx.artifacts.effect_magnitudes("tiny", "hepg2"), np.linalg.norm(y[:-1] - y[-1], axis=1),
+    np.testing.assert_allclose(ctx.artifacts.outputs.delta_y("tiny", "hepg2"), y[:-1] - y[-1], rtol=1e-5, atol=1e-6)
+    magnitudes = ctx.artifacts.outputs.effect_magnitudes("tiny", "hepg2")
+    np.testing.assert_allclose(magnitudes, np.linalg.norm(y[:-1] - y[-1], axis=1),
                                rtol=1e-5)
 
 
@@ -75,13 +76,14 @@ def test_jacobian_gram_matches_autograd(ctx: SuiteContext, onehot: bool) -> None
     jac = _autograd_jacobians(ctx, wrt_onehot=onehot)
     flat = jac.reshape(jac.shape[0], -1)
     expected = (flat @ flat.T).numpy()
-    gram = ctx.artifacts.jacobian_gram("tiny", "hepg2", onehot=onehot)
+    gram = ctx.artifacts.jacobians.jacobian_gram("tiny", "hepg2", onehot=onehot)
     np.testing.assert_allclose(gram, expected, rtol=2e-4, atol=1e-7 * np.abs(expected).max())
 
 
 def test_the_suites_own_cell_count_is_one_sentence(ctx: SuiteContext) -> None:
-    assert ctx.artifacts.delta_y("tiny", "hepg2", ("random", CELLS)) is ctx.artifacts.delta_y("tiny", "hepg2")
-    assert ctx.artifacts.delta_y("tiny", "hepg2", ("random", CELLS // 2)) is not ctx.artifacts.delta_y("tiny", "hepg2")
+    outputs = ctx.artifacts.outputs
+    assert outputs.delta_y("tiny", "hepg2", ("random", CELLS)) is outputs.delta_y("tiny", "hepg2")
+    assert outputs.delta_y("tiny", "hepg2", ("random", CELLS // 2)) is not outputs.delta_y("tiny", "hepg2")
 
 
 def test_knockout_profiles_zero_one_gene_in_every_cell(ctx: SuiteContext) -> None:
@@ -96,7 +98,8 @@ def test_knockout_profiles_zero_one_gene_in_every_cell(ctx: SuiteContext) -> Non
             knocked = basal.clone()
             knocked[:, adapter.gene_names.index(gene)] = 0
             expected.append((adapter.forward_from_repr(r, knocked, batch)[0].mean(0) - base).double().numpy())
-    np.testing.assert_allclose(ctx.artifacts.knockout_profiles("tiny", "jurkat", genes), np.stack(expected), rtol=1e-4,
+    profiles = ctx.artifacts.knockouts.knockout_profiles("tiny", "jurkat", genes)
+    np.testing.assert_allclose(profiles, np.stack(expected), rtol=1e-4,
                                atol=1e-6)
 
 
@@ -104,11 +107,11 @@ def test_pert_weight_is_the_encoder_weight(ctx: SuiteContext) -> None:
     adapter = ctx.suite.model("tiny")
     assert isinstance(adapter, STAdapter)
     weight = adapter.model.pert_encoder[0].weight.detach()
-    torch.testing.assert_close(ctx.artifacts.pert_weight("tiny"), weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ctx.artifacts.embeddings.pert_weight("tiny"), weight, rtol=1e-5, atol=1e-6)
 
 
 def test_held_jacobians_on_another_sentence(ctx: SuiteContext) -> None:
-    held = ctx.artifacts.held_jacobians("tiny", "hepg2", ["KD02", "KD00"], ("top_magnitude", 4))
+    held = ctx.artifacts.jacobians.held_jacobians("tiny", "hepg2", ["KD02", "KD00"], ("top_magnitude", 4))
     adapter = ctx.suite.model("tiny")
     basal, batch = ctx.suite.control_sentence("hepg2", "tiny", "top_magnitude", 4)
     assert basal.shape[0] == 4
@@ -123,7 +126,7 @@ def test_input_derivatives_match_finite_differences(ctx: SuiteContext) -> None:
     adapter = ctx.suite.model("tiny")
     genes = adapter.gene_names
     regulators, targets = [genes[0], genes[3]], [genes[1], genes[2], genes[5]]
-    d = ctx.artifacts.input_derivatives("tiny", "jurkat", ["KD01", "KD02"], regulators, targets)
+    d = ctx.artifacts.jacobians.input_derivatives("tiny", "jurkat", ["KD01", "KD02"], regulators, targets)
     assert d.shape == (2, 2, 3)
     basal, batch = ctx.suite.control_sentence("jurkat", "tiny")
     cols = [genes.index(t) for t in targets]

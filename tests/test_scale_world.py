@@ -88,7 +88,7 @@ def test_suite_recovers_planted_pert_encoder_clustering(tiny_world: tuple[Path, 
     assert {k: v.verdict for k, v in verdicts.items()} == {"splicing": "pass", "ribosome": "pass",
                                                           "er_golgi": "pass"}
     # proteasome was planted with no effect: its knockdowns share no direction, so no clustering
-    names, reps = ctx.artifacts.pert_embeddings("fewshot")
+    names, reps = ctx.artifacts.embeddings.pert_embeddings("fewshot")
     unit = reps / np.linalg.norm(reps, axis=1, keepdims=True)
     members = ctx.suite.members(names, "proteasome")
     within = unit[members] @ unit[members].T

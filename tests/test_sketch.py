@@ -304,9 +304,9 @@ def test_artifact_pilot_chunks_and_order_independence(tmp_path: Path, monkeypatc
     import yaml
 
     import hypocheck.fixtures.artifacts as artifacts_module
-    from hypocheck.fixtures.artifacts import GramSpec
     from hypocheck.fixtures.config import SuiteConfig
     from hypocheck.fixtures.context import SuiteContext
+    from hypocheck.fixtures.jacobian_artifacts import GramSpec
     from tests.helpers_tiny import tiny_suite
 
     monkeypatch.setattr(artifacts_module, "GRAM_CHUNK_DIRECTIONS", 8)
@@ -316,24 +316,24 @@ def test_artifact_pilot_chunks_and_order_independence(tmp_path: Path, monkeypatc
     path.write_text(yaml.safe_dump(cfg))
     ctx = SuiteContext(SuiteConfig.load(path))
     art = ctx.artifacts
-    params, basis = art.gram_spec_params("tiny", False)
+    params, basis = art.jacobians.gram_spec_params("tiny", False)
     assert basis == 32 and params == {"method": "sketch", "precision": "fp32", "seed": 3, "directions": "auto",
                                       "target_error": 0.004}
-    est = art.jacobian_gram_estimate("tiny", "hepg2")
+    est = art.jacobians.jacobian_gram_estimate("tiny", "hepg2")
     k = int(est["directions"])
     assert est["method"] == "sketch" and k % 8 == 0 and 8 <= k <= 32
     assert est["median_cosine_se"] <= 0.004 * 1.5 or k == 32
     spec = GramSpec("sketch", k, 3, "fp32")
     sentence = ("random", None)
     chunks = [(a, min(a + 8, k)) for a in range(0, k, 8)]
-    backwards = {c: art.gram_chunk("tiny", "hepg2", False, sentence, spec, *c) for c in reversed(chunks)}
+    backwards = {c: art.jacobians.gram_chunk("tiny", "hepg2", False, sentence, spec, *c) for c in reversed(chunks)}
     again = estimate_gram(reduce_gram_shares([backwards[c] for c in chunks]), method="sketch", basis=32)
     assert np.array_equal(again.gram.numpy(), est["gram"])
     # exact on the same suite: the complete random basis gives the same Gram
-    exact = art.gram_chunk("tiny", "hepg2", False, sentence, GramSpec("exact", 32, 0, "fp32"), 0, 32)
-    full = [art.gram_chunk("tiny", "hepg2", False, sentence, GramSpec("sketch", 32, 3, "fp32"), a, a + 8)
+    exact = art.jacobians.gram_chunk("tiny", "hepg2", False, sentence, GramSpec("exact", 32, 0, "fp32"), 0, 32)
+    full = [art.jacobians.gram_chunk("tiny", "hepg2", False, sentence, GramSpec("sketch", 32, 3, "fp32"), a, a + 8)
             for a in range(0, 32, 8)]
     complete = estimate_gram(reduce_gram_shares(full), method="sketch", basis=32)
     torch.testing.assert_close(complete.gram, exact.total, rtol=1e-4, atol=1e-6 * exact.total.abs().max().item())
     with pytest.raises(ValueError, match="outside"):
-        art.gram_chunk("tiny", "hepg2", False, sentence, spec, 0, 40)
+        art.jacobians.gram_chunk("tiny", "hepg2", False, sentence, spec, 0, 40)

@@ -51,6 +51,8 @@ COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-in
 ENTRY_POINTS = {
     "pytest11": {"hypocheck": "hypocheck.plugin"},
     "hypocheck.probes": {"hypocheck": "hypocheck.probes"},
+    "hypocheck.inputs": {"hypocheck": "hypocheck.fixtures.inputs",
+                         "hypocheck-jacobians": "hypocheck.fixtures.routing_inputs"},
     "hypocheck.backends": {"suite": "hypocheck.fixtures.backend:SuiteBackend.from_file"},
     "hypocheck.adapters": {"arc-state": "hypocheck.fixtures.st_adapter:STAdapter.from_model_config"},
 }
@@ -403,11 +405,131 @@ def check_broken_suite_config(installed: Installed, workdir: Path) -> None:
     assert not (project / "reports" / "summary.json").exists(), "a run with a broken config wrote a summary"
 
 
+# A third-party package of its own: a new input kind, its provider for the shipped suite backend and a probe that
+# takes it, registered through entry points only (no conftest, no edit of hypocheck).
+PLUGIN_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "hypocheck-norms"
+version = "0.1.0"
+
+[project.entry-points."hypocheck.probes"]
+norms = "hypocheck_norms.probe"
+
+[project.entry-points."hypocheck.inputs"]
+norms = "hypocheck_norms.provider"
+"""
+PLUGIN_KIND = """\
+from dataclasses import dataclass
+
+import numpy as np
+
+from hypocheck.inputs import InputRecord
+
+
+@dataclass(frozen=True)
+class PertNorms(InputRecord):
+    \"\"\"Each knockdown's pert-representation norm and a set's members among them.\"\"\"
+
+    norms: np.ndarray
+    members: np.ndarray
+"""
+PLUGIN_PROBE = """\
+import numpy as np
+
+from hypocheck.registry import ProbeResult, probe
+
+from .kinds import PertNorms
+
+
+@probe("pert_norm_ratio", takes=PertNorms, axes=("model", "gene_set"), metrics=("norm_ratio", "n_members", "n_kds"),
+       effect="norm_ratio", kinds={"count": ("n_members", "n_kds")})
+def pert_norm_ratio(*, norms, members, params, rng):
+    \"\"\"Mean norm of a set's members' pert representations over the mean of all knockdowns.\"\"\"
+    ratio = float(np.mean(norms[members]) / np.mean(norms))
+    return ProbeResult(metrics={"norm_ratio": ratio, "n_members": len(members), "n_kds": len(norms)})
+"""
+PLUGIN_PROVIDER = """\
+import numpy as np
+
+from hypocheck.fixtures.providers import provides
+
+from .kinds import PertNorms
+
+
+@provides(PertNorms)
+def pert_norms(art, case):
+    names, reps = art.embeddings.pert_embeddings(str(case.axes["model"]))
+    members = art.suite.members(names, str(case.axes["gene_set"]))
+    return PertNorms(norms=np.linalg.norm(reps, axis=1), members=members,
+                     notes=("norms from the hypocheck-norms provider",))
+"""
+PLUGIN_CLAIM = """\
+id: mitoribosome_norms
+claim: Mitoribosome knockdowns have pert representations of ordinary length
+source: {note: "a third-party probe on the shipped backend"}
+probe: pert_norm_ratio
+cases:
+  model: [fewshot]
+  gene_set: [mitoribosome]
+expect:
+  - norm_ratio > 0.5
+  - norm_ratio < 2
+"""
+PLUGIN_CASE_ID = "claim::mitoribosome_norms[fewshot-mitoribosome]"
+RECOMPUTE_NORMS = """\
+import json, sys, torch
+from hypocheck.fixtures.config import SuiteConfig
+from hypocheck.fixtures.suite import LoadedSuite
+suite = LoadedSuite(SuiteConfig.load(sys.argv[1]))
+model, names = suite.model("fewshot"), suite.knockdowns("fewshot")
+with torch.no_grad():
+    norms = model.encode_perturbation(model.onehot(names)).double().norm(dim=1).numpy()
+members = suite.members(names, "mitoribosome")
+print(json.dumps({"ratio": float(norms[members].mean() / norms.mean()), "n": len(members)}))
+"""
+
+
+def check_third_party_probe_package(installed: Installed, workdir: Path) -> None:
+    """A package outside the repository adds a probe and the provider of its new input kind through entry points
+    only; a hypothesis using it runs on the shipped arc-state backend by configuration alone, with the model's
+    numbers (recomputed here from the checkpoint's pert_encoder)."""
+    source = workdir / f"hypocheck-norms-{installed.mode}"
+    (source / "hypocheck_norms").mkdir(parents=True)
+    (source / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
+    (source / "hypocheck_norms" / "__init__.py").write_text("")
+    (source / "hypocheck_norms" / "kinds.py").write_text(PLUGIN_KIND)
+    (source / "hypocheck_norms" / "probe.py").write_text(PLUGIN_PROBE)
+    (source / "hypocheck_norms" / "provider.py").write_text(PLUGIN_PROVIDER)
+    env = user_env(installed.venv)
+    run([installed.python, "-m", "pip", "install", "--no-deps", source],
+        what=f"[{installed.mode}] pip install a third-party probe package", cwd=workdir, env=env, timeout=300)
+    project = workdir / f"project-{installed.mode}-plugin"
+    make_user_project(project, SUITE_YAML)
+    (project / "hypotheses" / "claim.yaml").write_text(PLUGIN_CLAIM)
+    proc = run([installed.python, "-m", "pytest", "-p", "no:cacheprovider"],
+               what=f"[{installed.mode}] pytest with the third-party probe (1 case)", cwd=project, env=env,
+               timeout=600, check=False)
+    assert proc.returncode == 0, f"the third-party probe's run: exit status {proc.returncode}\n{proc.stdout[-6000:]}"
+    (case,) = json.loads((project / "reports" / "summary.json").read_text())["cases"]
+    assert case["id"] == PLUGIN_CASE_ID and case["verdict"] == "pass", case
+    assert "norms from the hypocheck-norms provider" in case["notes"], case["notes"]
+    expected = json.loads(run([installed.python, "-c", RECOMPUTE_NORMS, project / "suite.yaml"],
+                              what=f"[{installed.mode}] recompute the third-party probe's numbers", cwd=project,
+                              env=env, timeout=300).stdout.strip().splitlines()[-1])
+    assert case["metrics"]["n_members"] == expected["n"] > 0, (case["metrics"], expected)
+    assert abs(case["metrics"]["norm_ratio"] - expected["ratio"]) < 1e-9, (case["metrics"], expected)
+
+
 def check_installed(installed: Installed, workdir: Path) -> None:
     check_imports_only_from_the_venv(installed)
     check_console_scripts(installed)
     check_user_run(installed, make_user_project(workdir / f"project-{installed.mode}", SUITE_YAML))
     check_broken_suite_config(installed, workdir)
+    check_third_party_probe_package(installed, workdir)
 
 
 def test_wheel_installs_and_runs_outside_the_repository(workdir: Path, built: Built) -> None:

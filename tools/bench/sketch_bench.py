@@ -90,7 +90,7 @@ def _cosine(gram: np.ndarray) -> np.ndarray:
 def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """Per (k, seed): the routing statistics and Gram cosines of the sketch against the exact Gram."""
     from hypocheck.fixtures import jacobians
-    from hypocheck.fixtures.artifacts import GramSpec
+    from hypocheck.fixtures.jacobian_artifacts import GramSpec
     from hypocheck.fixtures.routing_inputs import routing_arrays
     from hypocheck.probes.kinds import RoutingInputs
     from hypocheck.probes.routing import RoutingParams
@@ -106,7 +106,7 @@ def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, 
     exact_s = time.perf_counter() - start
     exact = get_probe("routing_coherence").run(exact_in, params=params, rng=np.random.default_rng(0)).metrics
     exact_cos = _cosine(exact_in.jacobian_gram)
-    basis = art.gram_spec_params(model, False)[1]
+    basis = art.jacobians.gram_spec_params(model, False)[1]
     off = ~np.eye(exact_cos.shape[0], dtype=bool)
     sentence = ("random", None)
     records = []
@@ -116,7 +116,7 @@ def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, 
         for k in sorted(k for k in args.ks if k <= basis):
             spec = GramSpec("sketch", k, seed, "fp32")
             for a in range(done, k, CHUNK):
-                shares.append(art.gram_chunk(model, line, False, sentence, spec, a, min(a + CHUNK, k)))
+                shares.append(art.jacobians.gram_chunk(model, line, False, sentence, spec, a, min(a + CHUNK, k)))
             done = k
             est = jacobians.estimate_gram(jacobians.reduce_gram_shares(shares), method="sketch", basis=basis)
             gram = est.gram.numpy()

@@ -189,8 +189,8 @@ def run_child(claim: Path, config_path: Path, keep: int | None, mode: str, threa
                 for m in _case_models(case):
                     line = str(case.axes["cell_line"])
                     with measure(device) as t:
-                        ctx.artifacts.jacobian_gram(m, line)
-                        ctx.artifacts.delta_y(m, line)
+                        ctx.artifacts.jacobians.jacobian_gram(m, line)
+                        ctx.artifacts.outputs.delta_y(m, line)
                     note_gpu()
                     out["cases"].append({"case": f"{case.hypothesis.id}[{m}-{line}]", "inputs_s": t.wall_s,
                                          "probe_s": None, "verdict": None})
