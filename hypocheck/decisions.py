@@ -282,8 +282,3 @@ def run_problems(run: RunRecord, rule: ExitRule = ExitRule()) -> list[str]:
         problems += [f"drift from baseline {run.drift.baseline}: {i}" for i in [*run.drift.cases, *run.drift.gone]]
     return problems
 
-
-def exit_status(run: RunRecord, rule: ExitRule = ExitRule()) -> int:
-    """0 when the run passes under ``rule``, 1 otherwise."""
-    return 1 if run_problems(run, rule) else 0
-

@@ -1,15 +1,13 @@
-"""The reporters the plugin registers: each a small plugin on the engine's hooks (``hypocheck.hookspecs``).
+"""The reporters the plugin registers, each a small plugin on the engine's hooks (``hypocheck.hookspecs``):
 
-=====================  =====================================  =======================================
-reporter               module                                 hooks
-=====================  =====================================  =======================================
-terminal lines         ``hypocheck.summary.TerminalLines``    run_finished (+ pytest_terminal_summary)
-summary files          ``hypocheck.summary.SummaryFiles``     run_finished
-baselines and drift    ``hypocheck.baseline.BaselineReporter`` run_finished
-Allure results         ``hypocheck.allure_report.AllureReporter`` case_judged (worker), run_finished
-plots (as Allure PNG)  :class:`PlotAttachments`               case_judged (worker)
-progress lines         ``hypocheck.plugin.ProgressPlugin``    case_recorded
-=====================  =====================================  =======================================
+- terminal lines: ``hypocheck.summary.TerminalLines`` (run_finished; the ``hypocheck verdicts`` section);
+- summary files: ``hypocheck.summary.SummaryFiles`` (run_finished; summary.json, summary.md);
+- baselines and drift: ``hypocheck.baseline.BaselineReporter`` (run_finished; ``--save-baseline``, the
+  ``hypocheck drift`` section);
+- Allure results: ``hypocheck.allure_report.AllureReporter`` (case_judged on the process that ran the case,
+  run_finished on the controller);
+- plots, as Allure PNG attachments: :class:`PlotAttachments` (case_judged);
+- progress lines: ``hypocheck.plugin.ProgressPlugin`` (case_recorded).
 
 A project adds its own the same way: a module with ``pytest_hypocheck_case_recorded`` and
 ``pytest_hypocheck_run_finished`` functions, loaded with ``-p module`` (see ``docs/user-guide.md``).
@@ -26,9 +24,6 @@ import pytest
 from .cases import Case
 from .records import CaseVerdict
 from .registry import ProbeResult
-
-NAMES = ("hypocheck-terminal", "hypocheck-summary-files", "hypocheck-baseline", "hypocheck-allure",
-         "hypocheck-plots")
 
 
 def _array(inputs: Any, name: str) -> np.ndarray | None:

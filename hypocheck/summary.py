@@ -47,11 +47,6 @@ def build_run(cases: Sequence[CaseVerdict], environment: dict[str, Any], drift: 
     return RunRecord(tuple(cases), tuple(claim_results(cases)), environment, run_correction(cases), drift)
 
 
-def build_summary(cases: Sequence[CaseVerdict], environment: dict[str, Any]) -> dict[str, Any]:
-    """The summary.json document of ``cases``."""
-    return build_run(cases, environment).to_json()
-
-
 def _reported(case: CaseVerdict) -> str:
     return ", ".join(f"{k} {fmt(v)}→{fmt(case.metrics.get(k))}" for k, v in case.reported.items())
 

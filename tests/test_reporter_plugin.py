@@ -110,3 +110,24 @@ def test_gate_reads_the_summary(run: tuple[pytest.Pytester, pytest.RunResult], t
     assert alias.returncode == 1 and f"verdict differs from the planted truth: {summary['cases'][0]['id']}" in \
         alias.stderr
     assert cli_main(["gate", str(tmp_path / "missing.json")]) == 2
+
+
+def test_one_rule_for_the_exit_status_and_the_control() -> None:
+    """pytest's exit status counts failed claims, drift and (when asked) inconclusive cases; the gate only defects.
+    A passing case holds as strongly on a control when the control passes with an effect at its CI's low end."""
+    import dataclasses
+
+    from hypocheck.decisions import GATE, ExitRule, holds_as_strongly, run_problems
+    from hypocheck.records import error_verdict
+    from hypocheck.summary import build_run
+
+    base = error_verdict("f::h[a]", "", "f.yaml:1", hypothesis="h", claim="c")
+    passed = dataclasses.replace(base, verdict="pass", effect=0.5, ci=(0.3, 0.7))
+    failed = dataclasses.replace(base, id="f::h[b]", verdict="fail")
+    unsure = dataclasses.replace(base, id="f::g[c]", hypothesis="g", verdict="inconclusive")
+    run = build_run([passed, failed, unsure], {})
+    assert run_problems(run) == ["claim fails: h"] and run_problems(run, GATE) == []
+    assert run_problems(run, ExitRule(inconclusive=True)) == ["claim fails: h", "inconclusive: f::g[c]"]
+    assert holds_as_strongly(passed, dataclasses.replace(passed, effect=0.3))
+    assert not holds_as_strongly(passed, dataclasses.replace(passed, effect=0.29))
+    assert not holds_as_strongly(failed, passed)
