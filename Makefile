@@ -35,7 +35,7 @@ browser:
 demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest hypotheses -n $(N) -q --alluredir $(ALLURE_RESULTS) --clean-alluredir; test $$? -le 1
 	$(MAKE) --no-print-directory report
-	$(BIN)/python -m hypocheck.gate reports/summary.json
+	$(BIN)/hypocheck gate reports/summary.json
 
 ## make report: (re)render reports/html/index.html from reports/allure-results, extending the history
 report: $(STAMP) $(NODE_STAMP)

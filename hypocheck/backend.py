@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .cases import Case
 from .errors import HypocheckError, UnknownNameError
@@ -62,6 +62,15 @@ class Backend(Protocol):
 
     def context(self, options: RunOptions) -> ProbeContext:
         """The context that prepares cases in this process."""
+
+
+@runtime_checkable
+class SchedulingBackend(Protocol):
+    """An optional backend capability: each case's relative cost and the group of cases sharing its heavy
+    artifacts, so the plugin runs the costliest groups first and keeps a group together (run order only)."""
+
+    def schedule(self, case: Case) -> tuple[float, str]:
+        ...
 
 
 def backend_factory(name: str) -> Any:

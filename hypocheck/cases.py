@@ -12,6 +12,7 @@ import pydantic
 
 from .errors import HypothesisFileError, Location, UnknownNameError
 from .expect import Expectation, literal_bounds, upper_p_bounds
+from .models import ModelRef
 from .registry import ProbeSpec, get_probe
 from .schema import Hypothesis, Verdict
 from .stats import derive_seed
@@ -59,6 +60,11 @@ class Case:
     def seed(self) -> int:
         """Derived from the hypothesis seed and id + axis values (not the file), so order and -n do not matter."""
         return derive_seed(self.hypothesis.seed, self.name)
+
+    @property
+    def model(self) -> ModelRef | None:
+        """The model the case runs on (a control arm included), typed; ``None`` without a ``model`` axis."""
+        return ModelRef.parse(str(self.axes["model"])) if "model" in self.axes else None
 
     @property
     def effect_metric(self) -> str:

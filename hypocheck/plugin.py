@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from . import hookspecs, progress, reporters
-from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, backend_factory
+from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, SchedulingBackend, backend_factory
 from .baseline import case_fingerprints
 from .cases import Case, expand
 from .controls import with_controls
@@ -295,11 +295,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     xdist hands workers consecutive runs of items, so a group's artifact is computed once by one worker while
     the other computes the next group's, and both finish together. Order never changes results; a backend
-    without a ``schedule(case) -> (cost, group)`` method, or a reordering plugin running after this, wins.
+    that does not declare :class:`~hypocheck.backend.SchedulingBackend`, or a reordering plugin running after
+    this, wins.
     """
-    hint = getattr(backend_of(config), "schedule", None) if any(isinstance(i, CaseItem) for i in items) else None
-    if hint is None:
+    if not any(isinstance(i, CaseItem) for i in items):
         return
+    backend = backend_of(config)
+    if not isinstance(backend, SchedulingBackend):
+        return
+    hint = backend.schedule
     keys = {id(item): hint(item.case) for item in items if isinstance(item, CaseItem)}
     group_cost: dict[str, float] = {}
     for cost, group in keys.values():

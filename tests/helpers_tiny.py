@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hypocheck.fixtures.jacobians import one_thread as single_thread  # noqa: F401  (re-exported for tests)
+from hypocheck.fixtures.grams import one_thread as single_thread  # noqa: F401  (re-exported for tests)
 from hypocheck.fixtures.st_rundir import CONTROL_LABEL, STArchitecture, build_st_model, save_run_dir
 
 N_GENES = 48

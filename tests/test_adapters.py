@@ -672,7 +672,7 @@ def test_sae_bad_files(tmp_path: Path) -> None:
 
 def test_identity_rotary_is_skipped_bit_for_bit(bidi: STAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
     """arc-state's NoRoPE makes the rotary step the identity: skipping it changes no bit of outputs or JVPs."""
-    from hypocheck.fixtures import st_adapter
+    from hypocheck.fixtures import st_backbone
 
     assert bidi._identity_rotary, "the tiny Llama backbone uses NoRoPE: the skip should be active"
     basal, batch = control_sentence(6)
@@ -701,7 +701,7 @@ def test_identity_rotary_is_skipped_bit_for_bit(bidi: STAdapter, monkeypatch: py
     for a, b in zip(skipped, rotated, strict=True):
         assert torch.equal(a, b)
     # a backbone whose rotary embedding is not NoRoPE keeps its rotary step
-    assert not st_adapter._rotary_is_identity(torch.nn.Module())
+    assert not st_backbone.rotary_is_identity(torch.nn.Module())
 
 
 def test_reading_a_checkpoint_imports_lightning_only_when_it_names_it(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 start-up imports no heavy library.
 
 - The engine (hypocheck/, the command-line tool aside) imports neither the probes nor the backend: it
-  finds them through entry points. Probes import the engine, never the backend.
+  finds them through entry points (so neither do the reporters, which live in the engine). Probes import
+  the engine, never the backend; the backend imports the probes' input kinds (probes/kinds.py) and no probe.
+- No import cycle among the installed modules, and no module over 500 lines.
 - The demo generator (tools/demo) and the calibration scripts (tools/calibration) are tools: nothing
   the installed distribution runs imports them.
 - Loading the plugin and collecting the shipped suite import no torch, arc-state, matplotlib or Ray.
@@ -109,6 +111,17 @@ def test_no_import_cycle() -> None:
     for module in sorted(graph):
         visit(module, [], finished)
     assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles[:5])
+
+
+MAX_MODULE_LINES = 500
+
+
+@pytest.mark.parametrize("path", ENGINE + PROBES + BACKEND + [ROOT / "hypocheck" / "cli.py"],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_module_is_over_500_lines(path: Path) -> None:
+    """A module fits on a few screens: past that it holds more than one idea and splits along it."""
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {lines} lines"
 
 
 @pytest.mark.parametrize("path", ENGINE + PROBES + BACKEND, ids=lambda p: f"{p.parent.name}/{p.name}")

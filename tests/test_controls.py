@@ -16,9 +16,9 @@ from hypocheck.fixtures.controls import (
     derangement,
     make_control,
     redraw_parameters,
-    split_control_name,
 )
 from hypocheck.fixtures.st_adapter import STAdapter
+from hypocheck.models import ModelRef, axis_values
 from tests.helpers_tiny import control_sentence, tiny_suite
 
 SEED = 3  # the tiny suite's control_sentence.seed
@@ -222,8 +222,11 @@ def test_control_of_an_unknown_model_names_the_models(ctx: SuiteContext) -> None
 
 def test_control_names_and_kinds() -> None:
     assert CONTROL_KINDS == ("randomized", "shuffled_perts")
-    assert split_control_name("fewshot") == ("fewshot", None)
-    assert split_control_name("fewshot~shuffled_perts") == ("fewshot", "shuffled_perts")
+    assert ModelRef.parse("fewshot") == ModelRef("fewshot") and str(ModelRef("fewshot")) == "fewshot"
+    ref = ModelRef.parse("fewshot~shuffled_perts")
+    assert ref == ModelRef("fewshot", "shuffled_perts") and str(ref) == "fewshot~shuffled_perts"
+    assert ref.trained == ModelRef("fewshot") and ModelRef("fewshot").with_control("randomized").control == "randomized"
+    assert axis_values(["a"]) == ["a", "a~randomized", "a~shuffled_perts"]
 
 
 def test_randomized_needs_an_adapter_that_can_copy_itself(trained: STAdapter) -> None:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from hypocheck import registry
 from hypocheck.errors import HypothesisFileError, Location
 from hypocheck.fixtures.backend import SuiteBackend
 from hypocheck.fixtures.providers import provided_kinds, provider_for
@@ -18,6 +19,13 @@ from hypocheck.probes.kinds import SetEmbeddings
 from hypocheck.registry import METRIC_KINDS, ProbeResult, probe, registered_probes
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes registered here stay here: other tests of the process list the shipped probes only."""
+    registered_probes()  # the shipped ones, loaded into the real registry first
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,15 @@ from torch import Tensor
 
 import hypocheck.fixtures.jacobians as jac
 from hypocheck.errors import ProbeError
+from hypocheck.fixtures.grams import gram_matrix, jacobian_gram, weight_factor
 from hypocheck.fixtures.jacobians import (
     ChunkPlan,
     JacobianMemoryError,
     Metric,
     column_directions,
-    gram_matrix,
     input_directional_derivatives,
-    jacobian_gram,
     knockout_profiles,
     pert_jacobians,
-    weight_factor,
 )
 from hypocheck.fixtures.st_adapter import STAdapter
 from tests.helpers_tiny import HIDDEN, N_GENES, PERT_NAMES, control_sentence, tiny_run_dir

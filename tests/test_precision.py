@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from hypocheck.errors import ConfigError, ProbeError
-from hypocheck.fixtures.jacobians import matmul_precision, pert_jacobians, with_precision
+from hypocheck.fixtures.jacobians import pert_jacobians
+from hypocheck.fixtures.precision import matmul_precision, with_precision
 from tests.test_sketch import SKETCH_32, demo_routing
 
 BF16_R_TOLERANCE = 1e-3
@@ -62,11 +63,11 @@ def test_bf16_autocast_under_forward_mode_ad() -> None:
 def test_demo_world_routing_under_tf32_and_bf16_matches_fp32() -> None:
     base_in, base = demo_routing(SKETCH_32, "fp32")
     tf_in, _tf = demo_routing(SKETCH_32, "tf32")
-    np.testing.assert_array_equal(tf_in["jacobian_gram"], base_in["jacobian_gram"])  # a CPU has no TF32
+    np.testing.assert_array_equal(tf_in.jacobian_gram, base_in.jacobian_gram)  # a CPU has no TF32
     assert any("no effect on a CPU" in n for n in tf_in.notes)
     bf_in, bf = demo_routing(SKETCH_32, "bf16")
     assert any("bfloat16 autocast" in n for n in bf_in.notes)
-    cos_diff = np.abs(_cosine(bf_in["jacobian_gram"]) - _cosine(base_in["jacobian_gram"])).max()
+    cos_diff = np.abs(_cosine(bf_in.jacobian_gram) - _cosine(base_in.jacobian_gram)).max()
     assert 0 < cos_diff < BF16_COSINE_TOLERANCE, cos_diff
     for key in ("pearson", "partial_pearson"):
         assert abs(bf[key] - base[key]) <= BF16_R_TOLERANCE, (key, bf[key], base[key])

@@ -34,11 +34,11 @@ from hypocheck.probes.routing import (
     RoutingParams,
     StabilityParams,
     permutation_floor,
-    proximity_matrix,
     routing_coherence,
     routing_coherence_difference,
     routing_stability,
 )
+from hypocheck.probes.routing_selection import proximity_matrix
 from hypocheck.probes.setstats import unit_rows
 from hypocheck.registry import get_probe
 

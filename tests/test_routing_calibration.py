@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hypocheck.probes.matrixstats import cosine_from_gram, upper
-from hypocheck.probes.routing import proximity_matrix
+from hypocheck.probes.routing_selection import proximity_matrix
 from hypocheck.probes.setstats import unit_rows
 from tools.calibration.routing import (
     COVERAGE_FLOOR,

@@ -20,6 +20,7 @@ from hypocheck.fixtures.context import SuiteContext
 from hypocheck.fixtures.data import SAMPLINGS
 from hypocheck.fixtures.routing_inputs import routing_arrays, routing_pair
 from hypocheck.fixtures.st_adapter import STAdapter
+from hypocheck.models import ModelRef
 from hypocheck.probes.kinds import DifferenceInputs, RoutingInputs
 from tests.helpers_tiny import tiny_suite
 
@@ -170,7 +171,8 @@ def test_routing_builders_pass_each_knockdowns_pert_representation(ctx: SuiteCon
     names = ctx.suite.knockdowns("tiny")
     with torch.no_grad():
         expected = adapter.encode_perturbation(adapter.onehot(names)).double().numpy()
-    case = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, inputs=RoutingInputs(), location=None)
+    case = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, model=ModelRef("tiny"), inputs=RoutingInputs(),
+                           location=None)
     inputs = routing_arrays(ctx.artifacts, case)  # type: ignore[arg-type]
     assert inputs.names == names
     np.testing.assert_allclose(inputs.pert_repr, expected, rtol=1e-6, atol=1e-7)

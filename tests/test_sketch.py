@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from hypocheck.errors import ProbeError
-from hypocheck.fixtures.jacobians import (
+from hypocheck.fixtures.grams import (
     GramShare,
     directions_for_target,
     estimate_gram,
@@ -229,6 +229,7 @@ def demo_routing(gram: tuple[tuple[str, Any], ...], precision: str = "fp32") -> 
     """Routing inputs (with their notes) and routing-coherence metrics of fewshot on HepG2 (254 knockdowns,
     H = 64) under these ``gram:`` settings and precision; computed once per test process."""
     from hypocheck.fixtures.routing_inputs import routing_arrays
+    from hypocheck.models import ModelRef
     from hypocheck.probes.kinds import RoutingInputs
     from hypocheck.probes.routing import RoutingParams
     from hypocheck.registry import get_probe
@@ -236,7 +237,8 @@ def demo_routing(gram: tuple[tuple[str, Any], ...], precision: str = "fp32") -> 
 
     with single_thread():
         ctx = _demo_ctx(Path(tempfile.mkdtemp(prefix="hypocheck-sketch-")), dict(gram), precision)
-        case = SimpleNamespace(axes={"model": "fewshot", "cell_line": "hepg2"}, inputs=RoutingInputs(),
+        case = SimpleNamespace(axes={"model": "fewshot", "cell_line": "hepg2"}, model=ModelRef("fewshot"),
+                               inputs=RoutingInputs(),
                                location=None)
         inputs = routing_arrays(ctx.artifacts, case)  # type: ignore[arg-type]
         result = get_probe("routing_coherence").run(inputs, params=RoutingParams(**DEMO_PARAMS),
@@ -303,7 +305,7 @@ def test_artifact_pilot_chunks_and_order_independence(tmp_path: Path, monkeypatc
     holds the settings."""
     import yaml
 
-    import hypocheck.fixtures.artifacts as artifacts_module
+    import hypocheck.fixtures.jacobian_artifacts as artifacts_module
     from hypocheck.fixtures.config import SuiteConfig
     from hypocheck.fixtures.context import SuiteContext
     from hypocheck.fixtures.jacobian_artifacts import GramSpec

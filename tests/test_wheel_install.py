@@ -54,7 +54,7 @@ ENTRY_POINTS = {
     "hypocheck.inputs": {"hypocheck": "hypocheck.fixtures.inputs",
                          "hypocheck-jacobians": "hypocheck.fixtures.routing_inputs"},
     "hypocheck.backends": {"suite": "hypocheck.fixtures.backend:SuiteBackend.from_file"},
-    "hypocheck.adapters": {"arc-state": "hypocheck.fixtures.st_adapter:STAdapter.from_model_config"},
+    "hypocheck.adapters": {"arc-state": "hypocheck.fixtures.st_adapter:STAdapter"},
 }
 NAMESPACE = {"hypocheck": "hypocheck", "probes": "hypocheck/probes", "fixtures": "hypocheck/fixtures"}  # package-dir
 FORBIDDEN_PREFIXES = ("tools/", "hypocheck/tools/", "tests/", "bench/",

@@ -89,9 +89,10 @@ def _cosine(gram: np.ndarray) -> np.ndarray:
 
 def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """Per (k, seed): the routing statistics and Gram cosines of the sketch against the exact Gram."""
-    from hypocheck.fixtures import jacobians
+    from hypocheck.fixtures import grams
     from hypocheck.fixtures.jacobian_artifacts import GramSpec
     from hypocheck.fixtures.routing_inputs import routing_arrays
+    from hypocheck.models import ModelRef
     from hypocheck.probes.kinds import RoutingInputs
     from hypocheck.probes.routing import RoutingParams
     from hypocheck.registry import get_probe
@@ -99,7 +100,8 @@ def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, 
     ctx = _demo_context(world, args.cells, tmp)
     art = ctx.artifacts
     model, line = "fewshot", "hepg2"
-    case = SimpleNamespace(axes={"model": model, "cell_line": line}, inputs=RoutingInputs(), location=None)
+    case = SimpleNamespace(axes={"model": model, "cell_line": line}, model=ModelRef(model), inputs=RoutingInputs(),
+                           location=None)
     params = RoutingParams(selection="all", permutations=args.permutations, bootstrap=99)
     start = time.perf_counter()
     exact_in = routing_arrays(art, case)  # type: ignore[arg-type]
@@ -111,14 +113,14 @@ def accuracy(world: str, args: argparse.Namespace, tmp: Path) -> list[dict[str, 
     sentence = ("random", None)
     records = []
     for seed in range(args.seeds):
-        shares: list[jacobians.GramShare] = []
+        shares: list[grams.GramShare] = []
         done = 0
         for k in sorted(k for k in args.ks if k <= basis):
             spec = GramSpec("sketch", k, seed, "fp32")
             for a in range(done, k, CHUNK):
                 shares.append(art.jacobians.gram_chunk(model, line, False, sentence, spec, a, min(a + CHUNK, k)))
             done = k
-            est = jacobians.estimate_gram(jacobians.reduce_gram_shares(shares), method="sketch", basis=basis)
+            est = grams.estimate_gram(grams.reduce_gram_shares(shares), method="sketch", basis=basis)
             gram = est.gram.numpy()
             metrics = get_probe("routing_coherence").run(dataclasses.replace(exact_in, jacobian_gram=gram),
                                                          params=params, rng=np.random.default_rng(0)).metrics
@@ -159,7 +161,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------- time
 def real_size(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds per (knockdown, direction) column and per Gram-matmul direction at ST-HVG sizes; the pilot's k."""
-    from hypocheck.fixtures import jacobians
+    from hypocheck.fixtures import grams, jacobians
 
     with tempfile.TemporaryDirectory() as tmp:
         print(f"building the ST-HVG-sized model ({args.real_cells} cells) ...", flush=True)
@@ -174,15 +176,15 @@ def real_size(args: argparse.Namespace) -> dict[str, Any]:
     def f(r: torch.Tensor) -> torch.Tensor:
         return adapter.forward_from_repr(r[None], basal, batch)[0].mean(0)
 
-    dirs = jacobians.gram_directions(HIDDEN, sketch=CHUNK, seed=0)
+    dirs = grams.gram_directions(HIDDEN, sketch=CHUNK, seed=0)
     plan = jacobians.ChunkPlan(items=1, tangents=CHUNK)
-    jacobians.gram_share(f, reps[:1], dirs[:8], plan=jacobians.ChunkPlan(items=1, tangents=8))  # warm-up
+    grams.gram_share(f, reps[:1], dirs[:8], plan=jacobians.ChunkPlan(items=1, tangents=8))  # warm-up
     start, cpu_start = time.perf_counter(), time.process_time()
-    share = jacobians.gram_share(f, reps, dirs, plan=plan)
+    share = grams.gram_share(f, reps, dirs, plan=plan)
     per_column = (time.perf_counter() - start) / (len(kds) * CHUNK)
     cpu_per_column = (time.process_time() - cpu_start) / (len(kds) * CHUNK)
-    pilot = jacobians.estimate_gram(share, method="sketch", basis=HIDDEN)
-    k = jacobians.directions_for_target(pilot, TARGET_ERROR, step=CHUNK)
+    pilot = grams.estimate_gram(share, method="sketch", basis=HIDDEN)
+    k = grams.directions_for_target(pilot, TARGET_ERROR, step=CHUNK)
     x = torch.randn(ALL_KDS, N_GENES, generator=gen)
     x @ x.T
     start = time.perf_counter()

@@ -123,7 +123,7 @@ def _subset_suite(config: Any, keep: int | None, gene_sets: list[str], seed: int
     from hypocheck.fixtures.suite import LoadedSuite
 
     class SubsetSuite(LoadedSuite):
-        def knockdowns(self, model: str) -> list[str]:
+        def knockdowns(self, model: Any) -> list[str]:
             full = super().knockdowns(model)
             if keep is None or keep >= len(full):
                 return full
