@@ -13,7 +13,7 @@ import pydantic
 from .errors import HypothesisFileError, Location, UnknownNameError
 from .expect import Expectation, literal_bounds, upper_p_bounds
 from .models import ModelRef
-from .registry import ProbeSpec, get_probe
+from .registry import ProbeSpec, get_probe, registered_probes
 from .schema import Hypothesis, Verdict
 from .stats import derive_seed
 from .yamlsource import KeyPath, SourceDoc
@@ -40,6 +40,13 @@ class Case:
     """How many cases the hypothesis tests: the Bonferroni factor of its p-values."""
     min_effect: float | None = None
     """The minimum effect of interest that the effect's CI must clear (presence claims only)."""
+    margin: float | None = None
+    """A claim of absence's margin: set exactly when the hypothesis claims absence (see ``decisions``)."""
+
+    @property
+    def absence(self) -> bool:
+        """Whether the case claims absence (decided by the probe's rule on the effect's CI, not expectations)."""
+        return self.margin is not None
 
     @property
     def label(self) -> str:
@@ -134,6 +141,25 @@ def _validated(model: type[pydantic.BaseModel], data: Mapping[str, Any], section
         raise HypothesisFileError(f"{label} {name!r}: {err['msg']}", doc.locate(loc)) from None
 
 
+def _absence_margin(hyp: Hypothesis, spec: ProbeSpec, doc: SourceDoc, base: KeyPath) -> float | None:
+    """A claim of absence's margin (its own, else its ``min_effect:``, else the probe's); ``None`` for presence."""
+    if not hyp.absence:
+        if hyp.margin is not None:
+            raise HypothesisFileError("'margin:' is the margin of a claim of absence; add 'absence: true' (a claim "
+                                      "of presence sets its floor with 'min_effect:')", doc.locate((*base, "margin")))
+        return None
+    where = doc.locate((*base, "absence"))
+    if spec.absence is None:
+        absent = sorted(n for n, s in registered_probes().items() if s.absence is not None)
+        raise HypothesisFileError(f"probe {spec.name!r} has no rule for a claim of absence", where,
+                                  "probes that have one: " + ", ".join(absent))
+    margin = hyp.margin if hyp.margin is not None else hyp.min_effect if hyp.min_effect is not None else spec.min_effect
+    if margin is None:
+        raise HypothesisFileError(f"a claim of absence needs a margin, and probe {spec.name!r} declares no minimum "
+                                  "effect of interest", where, "add e.g. 'margin: 0.1'")
+    return float(margin)
+
+
 def expand(
     hyp: Hypothesis,
     doc: SourceDoc,
@@ -196,8 +222,9 @@ def expand(
     _check_keys(hyp, doc, base, vocabulary)
     location = doc.locate((*base, "id"), at_key=True)
     axes_names = list(hyp.cases)
-    p_metrics = sorted({m for exp in expectations for m in upper_p_bounds(exp, spec.p, hyp.alpha)
-                        if spec.kind_of(m) == "p"})
+    margin = _absence_margin(hyp, spec, doc, base)
+    p_metrics = [] if margin is not None else sorted(
+        {m for exp in expectations for m in upper_p_bounds(exp, spec.p, hyp.alpha) if spec.kind_of(m) == "p"})
     n_cases = math.prod(len(hyp.cases[a]) for a in axes_names)
     min_effect = hyp.min_effect
     if min_effect is None and p_metrics and hyp.effect in (None, spec.effect):
@@ -220,6 +247,7 @@ def expand(
                 p_metrics=tuple(p_metrics),
                 family_size=n_cases if p_metrics else 1,
                 min_effect=min_effect if p_metrics else None,
+                margin=margin,
             )
         )
     return cases

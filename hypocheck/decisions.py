@@ -118,8 +118,14 @@ def judge(case: Case, result: ProbeResult) -> CaseVerdict:
     ci = result.cis.get(effect_name, (math.nan, math.nan))
     floor_effect = case.min_effect
     notes: list[str] = []
-    if result.inconclusive:
-        verdict: CaseOutcome = "inconclusive"
+    verdict: CaseOutcome
+    if case.margin is not None:
+        verdict, reason, rule_check, rule_notes = absence_verdict(case, result, metrics, ci)
+        notes += rule_notes + [f"reported, not deciding (a claim of absence is judged on its CI): {c.detail}"
+                               for c in checks if not c.holds]
+        checks.insert(0, rule_check)
+    elif result.inconclusive:
+        verdict = "inconclusive"
         reason = result.inconclusive
     elif unreachable:
         verdict, reason = "inconclusive", "; ".join(unreachable)
@@ -179,7 +185,55 @@ def judge(case: Case, result: ProbeResult) -> CaseVerdict:
         notes=tuple(notes),
         tolerance=case.hypothesis.tolerance.model_dump() if case.hypothesis.tolerance else None,
         metric_kinds=kinds,
+        claim_kind="absence" if case.margin is not None else "presence",
+        margin=case.margin,
     )
+
+
+def absence_verdict(case: Case, result: ProbeResult, metrics: Mapping[str, float],
+                    ci: tuple[float, float]) -> tuple[CaseOutcome, str, Check, list[str]]:
+    """A claim of absence, as an equivalence test on the effect's 95% CI and the margin ``m``.
+
+    ``below`` (no effect of ``m`` or more): pass when the CI lies wholly below ``m``, fail when it lies wholly at
+    or above it, inconclusive when it straddles it. ``within`` (no difference beyond ± ``m``): pass inside
+    (−m, m), fail wholly outside, inconclusive otherwise. The point null's p decides nothing: with many cells a
+    negligible effect is always significant, which is said as a note. The probe's own reason (too few members,
+    no exchangeable knockdowns) makes the case inconclusive first. Presence uses the same effect, CI and
+    floor, so one effect never passes (or fails) both claims.
+    """
+    name, margin, rule = case.effect_metric, float(case.margin or 0.0), case.probe.absence or "below"
+    label = f"{name} 95% CI " + ("within ± " if rule == "within" else "below ") + f"{margin:g}"
+    if result.inconclusive:
+        return "inconclusive", result.inconclusive, Check(label, None, result.inconclusive), []
+    low, high = ci
+    if not (math.isfinite(low) and math.isfinite(high)):
+        reason = f"{name} has no finite 95% CI, which a claim of absence is judged on"
+        return "inconclusive", reason, Check(label, None, reason), []
+    shown = f"{name} {metrics.get(name, math.nan):.3g} 95% CI [{low:.3g}, {high:.3g}]"
+    verdict: CaseOutcome
+    if rule == "within":
+        if -margin < low and high < margin:
+            verdict, reason = "pass", f"{shown} lies within ± {margin:g}: no difference of {margin:g} or more"
+        elif low >= margin or high <= -margin:
+            verdict, reason = "fail", f"{shown} lies beyond ± {margin:g}: a difference of at least {margin:g}"
+        else:
+            verdict, reason = "inconclusive", (f"{shown} reaches past ± {margin:g}: the data cannot tell a "
+                                               f"difference of {margin:g} from none")
+    elif high < margin:
+        verdict, reason = "pass", f"{shown} lies below the margin {margin:g}"
+    elif low >= margin:
+        verdict, reason = "fail", f"{shown} lies above the margin {margin:g}: the effect is there"
+    else:
+        verdict, reason = "inconclusive", (f"{shown} straddles the margin {margin:g}: the data cannot tell a "
+                                           "relevant effect from a negligible one")
+    notes = []
+    p_name = case.probe.p
+    p = metrics.get(p_name, math.nan) if p_name else math.nan
+    if verdict == "pass" and math.isfinite(p) and p < case.hypothesis.alpha:
+        notes.append(f"detectable but {'within' if rule == 'within' else 'below'} the margin: {p_name} = {p:.2g} "
+                     f"< {case.hypothesis.alpha:g}, yet the whole CI lies {'within ±' if rule == 'within' else 'below'}"
+                     f" {margin:g}")
+    return verdict, reason, Check(label, {"pass": True, "fail": False}.get(verdict), reason), notes
 
 
 def case_outcome(verdict: CaseOutcome) -> Literal["passed", "failed", "skipped", "error"]:
@@ -193,7 +247,7 @@ def case_outcome(verdict: CaseOutcome) -> Literal["passed", "failed", "skipped",
 def holds_as_strongly(verdict: CaseVerdict, control: CaseVerdict) -> bool:
     """Whether a passing case's claim holds as strongly on a control: the control passes too, with an effect at
     or above the case's lower CI bound (its effect when the CI is undefined)."""
-    if verdict.verdict != "pass":
+    if verdict.verdict != "pass" or verdict.claim_kind == "absence":  # a control shows absence, as it should
         return False
     low = verdict.ci[0] if verdict.ci[0] is not None and math.isfinite(verdict.ci[0]) else verdict.effect
     return control.verdict == "pass" and control.effect is not None and low is not None and control.effect >= low

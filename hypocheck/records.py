@@ -160,6 +160,10 @@ class CaseVerdict:
     """For a passing case with controls: False when it holds as strongly on a control."""
     metric_kinds: dict[str, str] = field(default_factory=dict)
     """What each metric is, as its probe declares it (effect, p, observed, descriptive, count, ci_low, ci_high)."""
+    claim_kind: Literal["presence", "absence"] = "presence"
+    """A claim of presence (judged by its expectations and minimum effect) or of absence (by the CI vs margin)."""
+    margin: float | None = None
+    """A claim of absence's margin (the effect's CI is judged against it)."""
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)

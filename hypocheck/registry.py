@@ -48,6 +48,9 @@ ProbeFn = Callable[..., "ProbeResult"]
 MetricKind = Literal["effect", "p", "observed", "descriptive", "count"]
 """What a probe's metric is: an effect size, a p-value, the observed statistic a null is drawn against, a count
 (of members, knockdowns, genes), or a descriptive figure. Declared by the probe."""
+AbsenceRule = Literal["below", "within"]
+"""How a claim of absence reads the effect's CI against the margin ``m``: ``below`` (one-sided: no effect of ``m``
+or more, e.g. no clustering) or ``within`` (two-sided: no difference beyond ± ``m``, e.g. two models alike)."""
 BoundKind = Literal["ci_low", "ci_high"]
 """The engine's own ``<metric>_ci_low`` / ``<metric>_ci_high`` names: the bounds of a metric's CI."""
 METRIC_KINDS: tuple[str, ...] = get_args(MetricKind)
@@ -112,6 +115,8 @@ class ProbeSpec:
     claim, e.g. a test of absence or of equivalence)."""
     metric_kinds: Mapping[str, MetricKind] = field(default_factory=dict)
     """What each metric is (every declared metric has one; see :data:`MetricKind`)."""
+    absence: AbsenceRule | None = None
+    """How a claim of absence reads the effect's CI (``None``: the probe supports no claim of absence)."""
 
     @property
     def inputs(self) -> type[pydantic.BaseModel]:
@@ -182,9 +187,11 @@ def probe(
     kinds: Mapping[str, tuple[str, ...]] | None = None,
     axes: tuple[str, ...] = (),
     min_effect: float | None = None,
+    absence: AbsenceRule | None = None,
 ) -> Callable[[ProbeFn], ProbeFn]:
     """Register ``fn`` as the probe ``name``, taking records of kind ``takes``; ``kinds`` maps a metric kind
-    (``"p"``, ``"observed"``, ``"count"``, ``"effect"``) to the metrics of that kind."""
+    (``"p"``, ``"observed"``, ``"count"``, ``"effect"``) to the metrics of that kind; ``absence`` says how a claim
+    of absence reads the effect's CI against the margin (by default the minimum effect of interest)."""
     if effect not in metrics or (p is not None and p not in metrics):
         raise ValueError(f"probe {name!r}: effect {effect!r} and p {p!r} must be among its metrics {metrics}")
     metric_kinds = _declared_kinds(name, metrics, effect, p, kinds or {})
@@ -200,7 +207,7 @@ def probe(
                              f"{takes.kind()} ({', '.join(fields)})")
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = ProbeSpec(name, fn, params, takes, axes, metrics, effect, p, doc[0] if doc else "",
-                                    min_effect, MappingProxyType(metric_kinds))
+                                    min_effect, MappingProxyType(metric_kinds), absence)
         return fn
 
     return register

@@ -17,7 +17,7 @@ import typing
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
@@ -77,7 +77,17 @@ class Hypothesis(BaseModel):
         description="Options for how the project builds the probe's inputs (e.g. layer, features: sae|residual); "
         "validated by the project's input builder.",
     )
-    expect: list[ExpectationText] = Field(..., min_length=1, description="Expectations over the probe's metrics.")
+    absence: bool = Field(
+        False, description="A claim of absence (no clustering, no transfer, no difference): decided by the probe's "
+                           "rule on its effect's 95% CI against the margin, not by expectations: pass when the CI "
+                           "lies below the margin, fail when it lies above, inconclusive when it straddles it.")
+    margin: float | None = Field(
+        None, gt=0, description="The margin of a claim of absence (default: the probe's minimum effect of "
+                                "interest, the same floor a claim of presence must clear).")
+    expect: list[ExpectationText] = Field(
+        default_factory=list, validate_default=True,
+        description="Expectations over the probe's metrics (at least one for a claim of presence; a claim of "
+                    "absence needs none, and those it lists are reported, never deciding).")
     effect: str | None = Field(None, description="Metric reported as the effect size (default: the probe's).")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level for 'significant' and BH.")
     reported: dict[str, float] = Field(
@@ -127,7 +137,10 @@ class Hypothesis(BaseModel):
 
     @field_validator("expect")
     @classmethod
-    def _expectations_satisfiable(cls, expect: list[str]) -> list[str]:
+    def _expectations_satisfiable(cls, expect: list[str], info: ValidationInfo) -> list[str]:
+        if not expect and not info.data.get("absence", False):
+            raise ValueError("a claim of presence needs at least one expectation (a claim of absence says "
+                             "'absence: true' and needs none)")
         try:  # a field validator, so that the error points at 'expect:'
             check_satisfiable([parse_expectation(text) for text in expect])
         except ExpectationSyntaxError as exc:

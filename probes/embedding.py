@@ -59,6 +59,7 @@ class EmbeddingClusteringParams(BaseModel):
     effect="delta_cosine",
     p="p_matched",
     min_effect=MIN_DELTA_COSINE,
+    absence="below",
 )
 def pert_embedding_clustering(
     *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,

@@ -107,6 +107,7 @@ PURITY_METRICS = (
     effect="delta_purity",
     p="p_matched",
     min_effect=MIN_DELTA_PURITY,
+    absence="below",
 )
 def pert_neighbour_purity(
     *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,
@@ -233,7 +234,7 @@ def rotation_null(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generator
 @probe("cross_model_cosine", params=CrossModelParams, takes=PairedEmbeddings, axes=(), metrics=CROSS_METRICS,
        kinds={"p": ("p_mismatched", "p_rotation", "p"), "observed": ("mean_cosine",), "count": ("n_kds",),
               "effect": ("delta_cosine", "z", "z_rotation")},
-       effect="mean_cosine", p="p", min_effect=MIN_CROSS_MODEL_COSINE)
+       effect="mean_cosine", p="p", min_effect=MIN_CROSS_MODEL_COSINE, absence="below")
 def cross_model_cosine(
     *, embeddings_a: np.ndarray, embeddings_b: np.ndarray, members: np.ndarray | None = None,
     params: CrossModelParams, rng: np.random.Generator,

@@ -102,6 +102,7 @@ def _group_difference(
            "effect": ("shared_minus_specific",)},
     effect="mean_spearman",
     min_effect=MIN_SPEARMAN,
+    absence="below",
 )
 def knockout_transfer(
     *, profiles_a: np.ndarray, profiles_b: np.ndarray, gene_names: Sequence[str],

@@ -73,12 +73,8 @@ class RoutingParams(BaseModel):
 
 
 class DifferenceParams(RoutingParams):
-    """Routing parameters plus the margin within which two models count as alike (claim 5)."""
-
-    equivalence_margin: float | None = Field(
-        None, gt=0, description="With a margin: a difference CI that covers 0 but reaches past ± margin cannot tell "
-                                "'alike' from 'different' → inconclusive (a claim of absence needs a CI inside "
-                                "the margin).")
+    """Routing parameters of the two models compared (claim 5); 'alike' is a claim of absence of a difference
+    (``absence: true`` with a ``margin:``), judged on the difference's CI."""
 
 
 class StabilityParams(BaseModel):
@@ -176,6 +172,7 @@ def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
     effect="partial_pearson",
     p="p_partial",
     min_effect=MIN_PARTIAL_R,
+    absence="below",
 )
 def routing_coherence(
     *, delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], pert_repr: np.ndarray,
@@ -258,6 +255,7 @@ def routing_coherence(
            "count": ("n_kds_a", "n_kds_b"), "effect": ("spearman_difference", "partial_difference")},
     effect="difference",
     p="p_difference",
+    absence="within",
 )
 def routing_coherence_difference(
     *, delta_y_a: np.ndarray, jacobian_gram_a: np.ndarray, names_a: Sequence[str], pert_repr_a: np.ndarray,
@@ -286,9 +284,8 @@ def routing_coherence_difference(
     ``partial_a`` / ``partial_b`` (partial Pearson r, Fisher-z CIs),
     ``partial_difference`` with its CI and two-sided ``p_partial_difference``
     (same Welch construction), ``p_partial_a`` / ``p_partial_b`` (partial
-    Mantel). With ``equivalence_margin`` m, a CI of ``difference`` that covers
-    0 yet reaches past ± m is inconclusive: such data could not have shown the
-    models alike. A claim of equivalence has no minimum effect.
+    Mantel). "Alike" is a claim of absence (``absence: true``, ``margin: m``): the engine passes it when the CI
+    of ``difference`` lies within ± m, fails it beyond, and leaves it inconclusive when it reaches past ± m.
     """
     sel_a = select_routing(delta_y_a, jacobian_gram_a, names_a, params, pert_repr_a)
     sel_b = select_routing(delta_y_b, jacobian_gram_b, names_b, params, pert_repr_b)
@@ -317,15 +314,10 @@ def routing_coherence_difference(
         f"{metric}_{which}": ci for which, coh in (("a", a), ("b", b)) for metric, ci in coh.cis().items()
         if metric in ("pearson", "spearman")} | {
         "partial_a": a.cis()["partial_pearson"], "partial_b": b.cis()["partial_pearson"]}
-    low, high = cis["difference"]
-    margin = params.equivalence_margin
-    undecided = margin is not None and low <= 0 <= high and (low < -margin or high > margin)
-    reason = (f"the difference's CI [{low:.3g}, {high:.3g}] covers 0 but reaches past ± {margin:g}: these data "
-              "cannot tell the models alike from different" if undecided else None)
     # t-test p-values are continuous (no floor); the Mantel p's floor is set by each model's permutations
     attainable = {"p_difference": 0.0, "p_spearman_difference": 0.0, "p_partial_difference": 0.0,
                   "p_a": a.floor, "p_b": b.floor, "p_partial_a": a.floor, "p_partial_b": b.floor}
-    return ProbeResult(metrics=metrics, cis=cis, inconclusive=reason, attainable=attainable)
+    return ProbeResult(metrics=metrics, cis=cis, attainable=attainable)
 
 
 def _row_cosines(jacobians: np.ndarray, flat_ref: np.ndarray) -> np.ndarray:

@@ -84,6 +84,7 @@ def _pair_mask(regulators: Sequence[str], targets: Sequence[str], pairs: list[tu
     effect="difference",
     p="p",
     min_effect=MIN_DERIVATIVE_DIFFERENCE,
+    absence="below",
 )
 def targeted_jacobian(
     *, derivatives: np.ndarray, kd_names: Sequence[str], concordant: Sequence[int], control: Sequence[int],

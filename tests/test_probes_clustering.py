@@ -16,7 +16,6 @@ from hypocheck.probes.clustering import (
     ABSENCE_METRICS,
     OutputAbsenceParams,
     OutputClusteringParams,
-    absence_gaps,
     detection_power,
     minimal_detectable_effect,
     noeffect_floor_of,
@@ -152,38 +151,23 @@ def absence(features, members, magnitude, reference, **params):
                               rng=np.random.default_rng(2))
 
 
-def test_absence_shown_when_ci_excludes_the_reference_and_power_is_high() -> None:
+def test_absence_reports_its_power_beside_the_ci_and_leaves_the_verdict_to_the_rule() -> None:
     features, magnitude = confounded()
     res = absence(features, np.arange(60, 90), magnitude, reference=0.3)  # 30 unrelated knockdowns
     assert res.inconclusive is None
-    assert res.metrics["p_matched"] > 0.05
-    assert res.metrics["reference_excluded"] == 1.0
-    assert res.cis["delta_cosine"][1] < 0.3
+    assert res.metrics["reference_excluded"] == 1.0 and res.cis["delta_cosine"][1] < 0.3
     assert res.metrics["power"] > 0.99 and res.metrics["minimal_detectable_effect"] < 0.3
     assert set(res.metrics) == set(get_probe("output_set_absence").metrics)
-
-
-def test_absence_inconclusive_when_the_data_cannot_decide() -> None:
-    features, magnitude = confounded()
-    wide = absence(features, np.arange(120, 126), magnitude, reference=0.01)  # an effect too small to exclude
-    assert wide.inconclusive is not None and "reaches the reference" in wide.inconclusive
-    assert wide.metrics["reference_excluded"] == 0.0 and wide.metrics["power"] < 0.8
-    small = absence(features, [60, 61], magnitude, reference=0.3)
+    wide = absence(features, np.arange(120, 126), magnitude, reference=0.01)  # a reference too small to exclude
+    assert wide.inconclusive is None and wide.metrics["reference_excluded"] == 0.0  # reported, not deciding
+    small = absence(features, [60, 61], magnitude, reference=0.3)  # the data's own reason stays the probe's
     assert small.inconclusive is not None and "2 set members" in small.inconclusive
     assert math.isnan(small.metrics["power"]) and small.metrics["reference_effect"] == 0.3
 
 
-def test_absence_of_a_clustered_set_is_conclusive_and_significant() -> None:
-    planted = np.arange(100, 112)
-    features, magnitude = confounded(planted=planted)
-    res = absence(features, planted, magnitude, reference=0.1)
-    assert res.inconclusive is None  # significant: the absence claim fails on its expectations, not inconclusive
-    assert res.metrics["p_matched"] < 0.001 and res.metrics["reference_excluded"] == 0.0
-
-
 def weakly_clustered(weight: float = 0.3):
     """40 knockdowns with a small shared program direction (``weight`` of each one's norm): a real but small
-    clustering, far below a reference effect of 0.1 yet detected by the matched test."""
+    clustering, detected by the matched test."""
     features, magnitude = confounded(seed=5)
     members = np.arange(60, 100)
     program = np.random.default_rng(9).normal(size=features.shape[1])
@@ -192,72 +176,56 @@ def weakly_clustered(weight: float = 0.3):
     return features, magnitude, members
 
 
-def test_absence_of_a_small_detected_effect_is_not_inconclusive() -> None:
-    """A held-out world's situation: the matched test is significant although the CI excludes the reference
-    and power is high. The probe leaves the verdict to the claim's p_matched expectation (the effect is there)."""
-    features, magnitude, members = weakly_clustered()
-    res = absence(features, members, magnitude, reference=0.1)
-    assert res.metrics["p_matched"] < 0.01 and res.metrics["reference_excluded"] == 1.0
-    assert res.metrics["power"] > 0.99 and res.inconclusive is None
-
-
 def claim3_cases():
     doc = load_yaml(ROOT / "hypotheses" / "paper" / "claim3_er_no_output_clustering.yaml")
     vocabulary = {"model": ["fewshot", "zeroshot"], "cell_line": ["hepg2", "jurkat"], "gene_set": ["er_golgi"]}
     return [c for hyp, base in hypotheses_from_doc(doc) for c in expand(hyp, doc, base, vocabulary)]
 
 
-def hand_built(p_matched: float, ci: tuple[float, float], power: float, reference: float = 0.1) -> ProbeResult:
+def hand_built(p_matched: float, ci: tuple[float, float], power: float = 0.9, reference: float = 0.1) -> ProbeResult:
     """An absence result with the given test of record, CI and power (other metrics NaN)."""
-    params = OutputAbsenceParams(reference_effect=reference)
     metrics = dict.fromkeys(ABSENCE_METRICS, math.nan) | {
         "p_matched": p_matched, "delta_cosine": sum(ci) / 2, "power": power, "reference_effect": reference,
         "reference_excluded": float(ci[1] < reference)}
-    return ProbeResult(metrics=metrics, cis={"delta_cosine": ci}, attainable={"p_matched": 1 / 5001},
-                       inconclusive=absence_gaps(p_matched, ci, power, params))
+    return ProbeResult(metrics=metrics, cis={"delta_cosine": ci}, attainable={"p_matched": 1 / 5001})
 
 
 @pytest.mark.parametrize(
-    "p_matched, ci, power, verdict, why",
+    "p_matched, ci, verdict, why",
     [
-        (0.41, (-0.02, 0.03), 0.95, "pass", "p_matched = 0.41"),  # (a), (b), (c) hold: absence shown
-        (0.0002, (0.01, 0.04), 0.99, "fail", "p_matched = 0.0002"),  # (a) fails: significant, the effect is there
-        (0.0002, (0.01, 0.30), 0.40, "fail", "p_matched = 0.0002"),  # … whatever (b) and (c) say
-        (0.30, (-0.02, 0.12), 0.95, "inconclusive", "reaches the reference effect"),  # (b) fails
-        (0.30, (-0.02, 0.05), 0.50, "inconclusive", "power 0.50 < 0.8"),  # (c) fails
+        (0.41, (-0.02, 0.03), "pass", "lies below the margin 0.05"),
+        (0.0002, (0.0012, 0.0021), "pass", "lies below the margin 0.05"),  # significant but negligible
+        (0.0002, (0.06, 0.30), "fail", "lies above the margin 0.05"),
+        (0.30, (0.06, 0.30), "fail", "lies above the margin 0.05"),  # the p does not rescue it
+        (0.30, (-0.02, 0.12), "inconclusive", "straddles the margin 0.05"),
+        (0.0002, (0.04, 0.06), "inconclusive", "straddles the margin 0.05"),
     ],
 )
-def test_claim3_absence_passes_only_when_not_significant_excluded_and_powered(p_matched, ci, power, verdict,
-                                                                              why) -> None:
+def test_claim3_is_an_equivalence_test_on_the_ci(p_matched, ci, verdict, why) -> None:
     cases = claim3_cases()
-    assert len(cases) == 4 and cases[0].probe.min_effect is None
-    judged = judge(cases[0], hand_built(p_matched, ci, power))
+    assert len(cases) == 4 and all(c.absence and c.margin == 0.05 for c in cases)
+    assert cases[0].probe.min_effect == 0.05 and not cases[0].expectations
+    judged = judge(cases[0], hand_built(p_matched, ci))
     assert judged.verdict == verdict, judged.reason
-    assert why in judged.reason
+    assert why in judged.reason and judged.claim_kind == "absence" and judged.margin == 0.05
+    detected = any("detectable but below the margin" in n for n in judged.notes)
+    assert detected == (verdict == "pass" and p_matched < 0.05)
 
 
-def test_claim3_fails_on_the_probes_own_result_when_the_effect_is_there() -> None:
-    features, magnitude, members = weakly_clustered()
+def test_claim3_on_the_probes_own_result() -> None:
     case = claim3_cases()[0]
-    result = output_set_absence(features=features, members=members, magnitude=magnitude,
-                                params=OutputAbsenceParams(**(case.params.model_dump() | FAST)),
+    params = OutputAbsenceParams(**(case.params.model_dump() | FAST))
+    features, magnitude, members = weakly_clustered()
+    result = output_set_absence(features=features, members=members, magnitude=magnitude, params=params,
                                 rng=np.random.default_rng(2))
     judged = judge(case, result)
-    assert judged.verdict == "fail" and "p_matched" in judged.reason
-    features, magnitude, members = weakly_clustered(weight=0.05)  # too small to detect: absence of 0.1 shown
-    result = output_set_absence(features=features, members=members, magnitude=magnitude,
-                                params=OutputAbsenceParams(**(case.params.model_dump() | FAST)),
+    low, high = judged.ci
+    expected = "pass" if high < 0.05 else "fail" if low >= 0.05 else "inconclusive"
+    assert judged.verdict == expected and result.metrics["p_matched"] < 0.01, (judged.ci, judged.reason)
+    features, magnitude, members = weakly_clustered(weight=0.0)  # no program at all
+    result = output_set_absence(features=features, members=members, magnitude=magnitude, params=params,
                                 rng=np.random.default_rng(2))
     assert judge(case, result).verdict == "pass"
-
-
-def test_absence_gaps_names_each_missing_condition() -> None:
-    params = OutputAbsenceParams(reference_effect=0.1)
-    assert absence_gaps(0.5, (-0.01, 0.02), 0.9, params) is None
-    assert absence_gaps(0.01, (0.05, 0.2), 0.1, params) is None  # significant: not inconclusive, the claim fails
-    both = absence_gaps(0.5, (-0.01, 0.2), 0.1, params)
-    assert "reaches the reference" in both and "power 0.10" in both
-    assert "no p-value" in absence_gaps(math.nan, (math.nan, math.nan), math.nan, params)
 
 
 # ---------------------------------------------------------------- the member-by-member matched null
@@ -347,9 +315,10 @@ def test_attainable_p_is_one_over_draws_plus_one() -> None:
     assert dict(gone.attainable) == {"p": 1 / 401, "p_matched": 1 / 401, "p_specific": 1 / 401}
 
 
-def test_minimum_effect_of_clustering_and_none_for_absence() -> None:
+def test_minimum_effect_of_clustering_is_the_margin_of_absence() -> None:
     assert get_probe("output_set_clustering").min_effect == 0.05
-    assert get_probe("output_set_absence").min_effect is None
+    assert get_probe("output_set_absence").min_effect == 0.05  # the default margin of a claim of absence
+    assert get_probe("output_set_absence").absence == get_probe("output_set_clustering").absence == "below"
 
 
 # ---------------------------------------------------------------- perturbation-specific similarity

@@ -5,13 +5,17 @@ stability probes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
+from hypocheck.cases import expand
+from hypocheck.decisions import judge
 from hypocheck.plots import PlotInfo, render_all
 from hypocheck.probes.matrixstats import (
     adjusted_rand_rows,
@@ -41,7 +45,10 @@ from hypocheck.probes.routing import (
 from hypocheck.probes.routing_selection import proximity_matrix
 from hypocheck.probes.setstats import unit_rows
 from hypocheck.registry import get_probe
+from hypocheck.schema import hypotheses_from_doc
+from hypocheck.yamlsource import load_yaml
 
+ROOT = Path(__file__).resolve().parents[1]
 FAST = {"permutations": 199, "bootstrap": 200}
 
 
@@ -412,20 +419,30 @@ def test_difference_detects_a_planted_versus_an_unrelated_model() -> None:
     assert res.cis["difference"][0] > 0
 
 
-def test_equivalence_margin_makes_a_wide_ci_inconclusive_not_a_pass() -> None:
+def alike_case(margin: float):
+    """Claim 5's "alike across models" case (a claim of absence of a difference) with margin ``margin``."""
+    doc = load_yaml(ROOT / "hypotheses" / "paper" / "claim5_routing_backbone.yaml")
+    (case,) = [c for hyp, base in hypotheses_from_doc(doc) if hyp.id == "routing_coherence_alike_across_models"
+               for c in expand(hyp, doc, base, {"cell_line": ["hepg2"]})]
+    assert case.absence and case.margin == 0.1 and case.probe.absence == "within"
+    return dataclasses.replace(case, margin=margin)
+
+
+def test_alike_is_an_equivalence_test_a_wide_ci_is_inconclusive_not_a_pass() -> None:
     delta_y, _ = clustered_world(9)
     jac = jacobians_like(delta_y, np.random.default_rng(3), noise=4.0)
     same = (delta_y, gram_of(jac))
-    lo, hi = difference(same, same).cis["difference"]
-    assert lo < 0 < hi
-    tight = difference(same, same, equivalence_margin=max(-lo, hi) / 2)
-    assert tight.inconclusive is not None and "cannot tell" in tight.inconclusive
-    loose = difference(same, same, equivalence_margin=max(-lo, hi) * 2)
-    assert loose.inconclusive is None
+    result = difference(same, same)
+    lo, hi = result.cis["difference"]
+    assert lo < 0 < hi and result.inconclusive is None  # the probe measures; the rule decides
+    tight = judge(alike_case(max(-lo, hi) / 2), result)
+    assert tight.verdict == "inconclusive" and "reaches past" in tight.reason
+    assert judge(alike_case(max(-lo, hi) * 2), result).verdict == "pass"
     unit = unit_rows(delta_y)
     unrelated = np.random.default_rng(4).normal(size=(delta_y.shape[0], 10))
-    clear = difference((delta_y, unit @ unit.T), (delta_y, unrelated @ unrelated.T), equivalence_margin=0.01)
-    assert clear.inconclusive is None and clear.cis["difference"][0] > 0  # a clear difference fails, not skips
+    clear = difference((delta_y, unit @ unit.T), (delta_y, unrelated @ unrelated.T))
+    assert clear.cis["difference"][0] > 0.01
+    assert judge(alike_case(0.01), clear).verdict == "fail"  # a clear difference fails, not skips
 
 
 def stability(jac, ref, delta_y, **kw):

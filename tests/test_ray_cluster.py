@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SELECTION = ["hypotheses/demo/nb04_knockout.yaml", "hypotheses/demo/nb05_routing.yaml",
              "hypotheses/paper/claim4_knockout_transfer.yaml", "hypotheses/paper/claim5_routing_backbone.yaml",
              "-k", "fewshot and (knockout or demo_routing_coherence or routing_coherence_positive) "
-                   "and not top15 and not onehot"]
+                   "and not top15 and not onehot and not no_knockout"]
 RAY_ARTIFACTS = {"delta_y", "knockout_profiles", "pert_jacobians", "jacobian_gram"}
 """What the Ray run recomputes: ΔY, knockouts and the Jacobians behind the Grams, as chunk tasks."""
 

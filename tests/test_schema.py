@@ -83,7 +83,7 @@ def test_several_hypotheses_in_one_file(tmp_path: Path) -> None:
         (("id: claim_one", "id: 'claim one'"), ":1:", "should match pattern"),
         (("expect: [\"z > 2\", significant]", "expect: [\"z > 2\", \"z < 1\"]"), ":", "never all hold"),
         (("expect: [\"z > 2\", significant]", "expect: [\"z >> 2\"]"), ":9:", "incomplete"),
-        (("expect: [\"z > 2\", significant]", "expect: []"), ":9:", "at least 1"),
+        (("expect: [\"z > 2\", significant]", "expect: []"), ":9:", "needs at least one expectation"),
         (("  model: [fewshot, zeroshot]", "  modle: [fewshot]"), ":6:3", "unknown axis 'modle'"),
         (("  gene_set: [splicing, ribosome]", "  gene_set: []"), ":", "lists no values"),
         (("expected: {default: pass, zeroshot/ribosome: fail}", "expected: maybe"), ":11:", "expected"),
