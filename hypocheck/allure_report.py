@@ -177,6 +177,10 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
         ("p (BH across the run)", "in summary.md / summary.json (known when the run ends)"),
         ("seed", str(verdict.seed)),
     ]
+    if verdict.margin is not None:
+        rows.insert(2, ("claim of absence", f"the 95% CI of {html.escape(str(verdict.effect_metric))} is judged "
+                                            f"against the margin {verdict.margin:g}"))
+    rows += [(f"measured: {html.escape(str(k))}", html.escape(str(v))) for k, v in verdict.measured.items()]
     for metric, values in verdict.p_values.items():
         if metric != case.probe.p:
             rows.append((f"{metric} (raw → corrected)", f"{_fmt(values.raw)} → {_fmt(values.adjusted)}"))

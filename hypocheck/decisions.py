@@ -190,6 +190,15 @@ def judge(case: Case, result: ProbeResult) -> CaseVerdict:
     )
 
 
+def with_inputs(verdict: CaseVerdict, inputs: object) -> CaseVerdict:
+    """``verdict`` with what its inputs say of themselves: how they were computed (notes) and what they measure."""
+    notes = [str(n) for n in getattr(inputs, "notes", ())]
+    measured = dict(getattr(inputs, "measured", {}) or {})
+    if not notes and not measured:
+        return verdict
+    return replace(verdict, notes=(*verdict.notes, *notes), measured={**verdict.measured, **measured})
+
+
 def absence_verdict(case: Case, result: ProbeResult, metrics: Mapping[str, float],
                     ci: tuple[float, float]) -> tuple[CaseOutcome, str, Check, list[str]]:
     """A claim of absence, as an equivalence test on the effect's 95% CI and the margin ``m``.

@@ -38,6 +38,9 @@ class InputRecord:
     """Base of every input kind."""
 
     notes: tuple[str, ...] = ()
+    measured: Mapping[str, Any] = field(default_factory=dict)
+    """What the record measures, named for every output: the features and layer, the Jacobian, the lines, the
+    control sentence (e.g. ``{"features": "SAE features of block 2"}``)."""
     options: ClassVar[type[pydantic.BaseModel]] = NoOptions
 
     @classmethod
@@ -47,8 +50,8 @@ class InputRecord:
 
     @classmethod
     def argument_names(cls) -> tuple[str, ...]:
-        """The fields a probe may take as keyword arguments (every field but ``notes``)."""
-        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "notes")
+        """The fields a probe may take as keyword arguments (every field but ``notes`` and ``measured``)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("notes", "measured"))
 
     def arguments(self, names: tuple[str, ...]) -> dict[str, Any]:
         """The probe's keyword arguments ``names`` from this record."""
@@ -82,7 +85,7 @@ def as_record(kind: type[InputRecord], inputs: InputRecord | Mapping[str, Any]) 
         if kind is Arrays:
             return Arrays(values=dict(inputs))
         fields = kind.argument_names()
-        unknown = sorted(set(inputs) - {*fields, "notes"})
+        unknown = sorted(set(inputs) - {*fields, "notes", "measured"})
         if unknown:
             raise TypeError(f"the backend provided {unknown}, which are not fields of {kind.kind()} "
                             f"({', '.join(fields)})")

@@ -33,7 +33,7 @@ from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, Schedul
 from .baseline import case_fingerprints
 from .cases import Case, expand
 from .controls import with_controls
-from .decisions import case_outcome, judge
+from .decisions import case_outcome, judge, with_inputs
 from .errors import HypocheckError, HypothesisFileError, Location
 from .records import CaseVerdict, error_verdict
 from .runsummary import (
@@ -461,9 +461,7 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
         with progress.stage(f"probe {case.probe.name}"):
             result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
         with progress.stage("verdict and controls"):
-            judged = judge(case, result)
-            if input_notes := [str(n) for n in getattr(inputs, "notes", ())]:  # how the inputs were computed
-                judged = dataclasses.replace(judged, notes=[*judged.notes, *input_notes])
+            judged = with_inputs(judge(case, result), inputs)  # how the inputs were computed, what they measure
             verdict = with_controls(case, judged, hypocheck_context)
     except Exception as exc:  # a crashing probe or model is an error of the run, not a missing case
         item.user_properties.append((ENV_KEY, dict(hypocheck_context.environment())))

@@ -164,6 +164,8 @@ class CaseVerdict:
     """A claim of presence (judged by its expectations and minimum effect) or of absence (by the CI vs margin)."""
     margin: float | None = None
     """A claim of absence's margin (the effect's CI is judged against it)."""
+    measured: dict[str, Any] = field(default_factory=dict)
+    """What the case measured, as its inputs' provider names it (features and layer, Jacobian, lines …)."""
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)

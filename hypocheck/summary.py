@@ -69,6 +69,17 @@ def _truth(case: CaseVerdict) -> str:
             None: ""}[case.truth]
 
 
+def measured_text(case: CaseVerdict) -> str:
+    """What a case measured, in one line: the provider's account, the null it was compared with, the margin of a
+    claim of absence."""
+    parts = [f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in case.measured.items()]
+    if case.null is not None:
+        parts.append(f"null: {case.null.kind}")
+    if case.margin is not None:
+        parts.append(f"absence margin {case.margin:g}")
+    return "; ".join(parts)
+
+
 def markdown(run: RunRecord) -> str:
     """summary.md: claims, then one row per case, then why, the run correction and the environment."""
     lines = ["# Claim check summary", "",
@@ -81,11 +92,12 @@ def markdown(run: RunRecord) -> str:
     lines += ["## Claims", "", "| claim | verdict | rule and cases |", "|---|---|---|"]
     lines += [f"| `{c.hypothesis}` | {c.verdict} | {c.reason} |" for c in run.claims]
     lines += ["", "## Cases", "",
-              "| verdict | case | effect [95% CI] | p | p (within claim) | p (BH, run) | reported → measured | truth |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| verdict | case | effect [95% CI] | p | p (within claim) | p (BH, run) | reported → measured | truth "
+              "| what was measured |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in run.cases:
         lines.append(f"| {c.verdict} | `{c.id}` | {_effect(c)} | {fmt(c.p)} | {fmt(c.p_adj)} "
-                     f"| {fmt(c.p_run_bh)} | {_reported(c)} | {_truth(c)} |")
+                     f"| {fmt(c.p_run_bh)} | {_reported(c)} | {_truth(c)} | {measured_text(c)} |")
     why = [(c.id, c.reason) for c in run.cases if c.verdict != "pass"]
     notes = [(c.id, n) for c in run.cases for n in c.notes]
     if why or notes:

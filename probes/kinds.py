@@ -25,9 +25,11 @@ class OutputFeatureInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     layer: int | None = Field(None, ge=1, description="Backbone block (1-based); default: the SAE's layer, "
                                                         "else the middle block.")
-    features: Literal["auto", "sae", "residual"] = Field(
-        "auto", description="SAE features of the residual stream, or the stream itself (auto: SAE features when "
-                            "an SAE for this model is configured).")
+    features: Literal["auto", "sae", "residual", "delta_y"] = Field(
+        "auto", description="SAE features of the residual stream at `layer`, the stream itself, or ΔY (the "
+                            "model's output change, no layer). auto: SAE features when an SAE for this model is "
+                            "configured, else the residual stream after the middle block. Each case names what "
+                            "it measured (summary.json: measured).")
 
 
 class CrossModelInputs(BaseModel):

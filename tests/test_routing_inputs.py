@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from hypocheck.errors import UnknownNameError
+from hypocheck.errors import HypocheckError, UnknownNameError
 from hypocheck.fixtures.config import SuiteConfig
 from hypocheck.fixtures.context import SuiteContext
 from hypocheck.fixtures.data import SAMPLINGS
@@ -182,3 +182,27 @@ def test_routing_builders_pass_each_knockdowns_pert_representation(ctx: SuiteCon
     both = routing_pair(ctx.artifacts, pair)  # type: ignore[arg-type]
     np.testing.assert_allclose(both.pert_repr_a, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(both.pert_repr_b, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_every_record_names_what_it_measured(ctx: SuiteContext) -> None:
+    """A case says which features it clustered (the residual stream of a block, or ΔY itself), which Jacobian it
+    took and on which sentence: the provider names it, and it reaches summary.json as ``measured``."""
+    from hypocheck.fixtures.inputs import layer_features
+    from hypocheck.probes.kinds import OutputFeatureInputs
+
+    def case(**options: object) -> SimpleNamespace:
+        return SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2", "gene_set": "ribosome"},
+                               model=ModelRef("tiny"), inputs=OutputFeatureInputs(**options), location=None)
+
+    residual = layer_features(ctx.artifacts, case(features="residual", layer=1))  # type: ignore[arg-type]
+    assert residual.measured == {"features": "residual stream after block 1", "layer": 1, "cell_line": "hepg2"}
+    delta = layer_features(ctx.artifacts, case(features="delta_y"))  # type: ignore[arg-type]
+    assert delta.measured["features"].startswith("ΔY")
+    np.testing.assert_array_equal(delta.features, ctx.artifacts.outputs.delta_y("tiny", "hepg2"))
+    np.testing.assert_allclose(delta.magnitude, ctx.artifacts.outputs.effect_magnitudes("tiny", "hepg2"))
+    with pytest.raises(HypocheckError, match="ΔY is the model's output, it has no layer"):
+        layer_features(ctx.artifacts, case(features="delta_y", layer=1))  # type: ignore[arg-type]
+    routing = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, model=ModelRef("tiny"),
+                              inputs=RoutingInputs(jacobian="onehot"), location=None)
+    measured = routing_arrays(ctx.artifacts, routing).measured  # type: ignore[arg-type]
+    assert measured["jacobian"].startswith("one-hot") and measured["sentence"] == f"random, {CELLS} cells, seed 3"
