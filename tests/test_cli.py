@@ -86,6 +86,26 @@ def test_init_discovers_the_demo_keys_and_writes_a_valid_config(world: Path) -> 
     [(hypothesis, base)] = hypotheses_from_doc(doc)
     assert hypothesis.probe == "pert_embedding_clustering" and hypothesis.cases["model"] == ["fewshot", "zeroshot"]
     assert len(expand(hypothesis, doc, base, vocabulary)) == 2 * len(hypothesis.cases["gene_set"])
+    # the example names the gene sets that fit, with the counts said; no doubled bracket in the checkpoint line
+    counts = next(line for line in result.stdout.splitlines() if line.startswith("gene sets ("))
+    assert "mitoribosome" in counts and f"at least 5: {', '.join(hypothesis.cases['gene_set'])}" in counts
+    assert "))" not in result.stdout, result.stdout
+
+
+def test_init_writes_no_example_that_could_not_run(world: Path) -> None:
+    """Data whose knockdowns fill no gene set: init says so and writes no example hypothesis that would only
+    come out inconclusive."""
+    import anndata
+
+    adata = anndata.read_h5ad(world / "world" / "demo.h5ad")
+    genes = adata.obs["gene"].astype(str)
+    adata.obs["gene"] = [g if g == "non-targeting" else f"X{abs(hash(g)) % 10_000}" for g in genes]
+    adata.write_h5ad(world / "world" / "other.h5ad")
+    result = cli("init", *RUN_DIRS, "--data", "world/other.h5ad", cwd=world)
+    assert result.returncode == 0, result.stderr
+    assert "no example hypothesis written: no gene set has 5 members" in result.stdout, result.stdout
+    assert "the example uses those with at least 5: none" in result.stdout
+    assert not (world / "hypotheses" / "example.yaml").exists() and (world / "suite.yaml").is_file()
 
 
 def test_init_reads_without_torch(world: Path) -> None:
@@ -114,7 +134,8 @@ def test_init_without_batch_column_or_X_hvg_matches_the_models_width(world: Path
     assert config.data.batch_key is None and config.data.expr_key == "X_expr"
     assert list(config.models) == ["fewshot"]  # named after the folder
     assert str((world / "runs").resolve()) in (world / "cfg" / "suite.yaml").read_text()  # not under cfg/: absolute
-    assert (world / "cfg" / "hypotheses" / "example.yaml").is_file()
+    # its knockdowns (RPL0…RPL5) are no knockdowns of the demo model: no example that could only be inconclusive
+    assert "ribosome 0" in result.stdout and not (world / "cfg" / "hypotheses" / "example.yaml").exists()
 
 
 def test_init_refuses_to_overwrite(world: Path) -> None:
