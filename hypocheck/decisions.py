@@ -317,6 +317,20 @@ def claim_results(cases: Iterable[CaseVerdict]) -> list[ClaimResult]:
     return [claim_result(grouped[h]) for h in sorted(grouped)]
 
 
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def run_state(*, interrupted: bool, unfinished: int, narrowed: str | None
+              ) -> tuple[Literal["complete", "interrupted", "narrowed"], str]:
+    """Whether a run is complete, interrupted (it stopped before every selected case ran) or narrowed (a
+    selection of the suite: ``-k``, ``-m``, some files), and why."""
+    if interrupted or unfinished:
+        return "interrupted", (f"{unfinished} case(s) never finished" if unfinished else "the run was stopped")
+    if narrowed:
+        return "narrowed", narrowed
+    return "complete", ""
+
+
 # ---------------------------------------------------------------------------------------------- exit status
 
 

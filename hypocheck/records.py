@@ -202,6 +202,27 @@ def error_verdict(case_id: str, reason: str, location: str, *, hypothesis: str =
 
 
 @dataclass(frozen=True)
+class RunStatus:
+    """Which run a summary is: its id (also its folder under ``reports/runs/``), when it ended, and whether it ran
+    the whole selection to the end (``complete``), stopped early (``interrupted``: Ctrl-C, ``-x``, a crash) or
+    ran a narrowed selection (``narrowed``: ``-k``, ``-m``, some files); ``last_complete`` is where the latest
+    complete run's summary is (this one's own folder when it is complete)."""
+
+    id: str
+    finished: str
+    state: Literal["complete", "interrupted", "narrowed"]
+    why: str = ""
+    last_complete: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _json(self)
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RunStatus:
+        return cls(**_known(cls, record))
+
+
+@dataclass(frozen=True)
 class ClaimResult:
     """One hypothesis's answer, from its cases by its ``holds_if`` rule (``hypocheck.decisions.claim_result``)."""
 
@@ -319,6 +340,8 @@ class RunRecord:
     environment: dict[str, Any]
     run_correction: RunCorrection
     drift: Drift | None = None
+    status: RunStatus | None = None
+    """Whether the run was complete, interrupted or narrowed (``hypocheck.decisions.run_status``)."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -357,6 +380,8 @@ class RunRecord:
         }
         if self.drift is not None:
             doc["drift"] = self.drift.to_json()
+        if self.status is not None:
+            doc = {"run": self.status.to_json(), **doc}
         return doc
 
     @classmethod
@@ -365,4 +390,5 @@ class RunRecord:
         return cls(tuple(CaseVerdict.from_json(c) for c in doc.get("cases") or ()),
                    tuple(ClaimResult.from_json(c) for c in doc.get("claims") or ()),
                    dict(doc.get("environment") or {}), RunCorrection.from_json(doc["run_correction"]),
-                   Drift.from_json(doc["drift"]) if doc.get("drift") else None)
+                   Drift.from_json(doc["drift"]) if doc.get("drift") else None,
+                   RunStatus.from_json(doc["run"]) if doc.get("run") else None)

@@ -11,8 +11,11 @@ the reporters (``pytest_hypocheck_run_finished``) and sets the exit status (``hy
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -20,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from .baseline import Baseline, baseline_path, baselines_dir, compare_run
-from .decisions import ExitRule, run_problems
+from .baseline import Baseline, baseline_path, baselines_dir, compare_run, partial_note
+from .decisions import ExitRule, run_problems, run_state
 from .formatting import fmt
-from .records import CaseVerdict, RunRecord, error_verdict
-from .summary import build_run
+from .records import CaseVerdict, RunRecord, RunStatus, error_verdict
+from .summary import build_run, last_complete_run, reports_dir
 
 RECORD_KEY = "hypocheck_case"
 ENV_KEY = "hypocheck_environment"
@@ -73,6 +76,11 @@ def case_id_of(nodeid: str) -> str:
     """``dir/file.yaml::name`` → ``file::name`` (the case id), for cases that never sent their record."""
     file, _, name = nodeid.partition("::")
     return f"{Path(file).stem}::{name}" if name != "<load>" else nodeid
+
+
+def hypothesis_of(case_id: str) -> str:
+    """``file::hypothesis[axes]`` → ``hypothesis``: the claim a case that never ran belongs to."""
+    return case_id.partition("::")[2].split("[", 1)[0]
 
 
 def finished_line(record: CaseVerdict, seconds: float) -> str:
@@ -146,7 +154,7 @@ class RunSummary:
         why = "never finished: the run ended before this case ran"
         if session.shouldstop:
             why += f" ({session.shouldstop})"
-        return [error_verdict(case_id_of(n), why, n, nodeid=n)
+        return [error_verdict(case_id_of(n), why, n, nodeid=n, hypothesis=hypothesis_of(case_id_of(n)))
                 for n in sorted(self.expected_nodeids - set(self.records))]
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -158,6 +166,14 @@ class RunSummary:
         if not cases:
             return
         run = build_run(cases, environment(self.config, self.environment))
+        state, why = run_state(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop),
+                               unfinished=len(unfinished), narrowed=partial_note(self.config))
+        run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f") + f"-{os.getpid()}"  # sorts by time
+        reports = reports_dir(self.config)
+        own = f"runs/{run_id}/summary.json"
+        status = RunStatus(run_id, time.strftime("%Y-%m-%dT%H:%M:%S%z"), state, why,
+                           own if state == "complete" else last_complete_run(reports))
+        run = dataclasses.replace(run, status=status)
         baseline = self.config.stash.get(BASELINE_KEY, None)
         if baseline is not None:
             run = dataclasses.replace(run, drift=compare_run(baseline, run, _selection(self.config), self.config))

@@ -21,7 +21,7 @@ from .atomic import atomic_write_text
 from .baseline import markdown as drift_markdown
 from .decisions import claim_results
 from .formatting import fmt, interval
-from .records import CaseVerdict, Drift, RunCorrection, RunRecord
+from .records import CaseVerdict, Drift, RunCorrection, RunRecord, RunStatus
 from .stats import bh_adjust
 
 
@@ -188,16 +188,40 @@ class TerminalLines:
             terminalreporter.write_line(line)
 
 
+def last_complete_run(reports: Path) -> str | None:
+    """The newest complete run's summary under ``reports/runs/`` (relative to ``reports``), if there is one."""
+    for path in sorted((reports / "runs").glob("*/summary.json"), reverse=True):
+        try:
+            state = json.loads(path.read_text(encoding="utf-8")).get("run", {}).get("state")
+        except (OSError, ValueError):
+            continue
+        if state == "complete":
+            return path.relative_to(reports).as_posix()
+    return None
+
+
 class SummaryFiles:
-    """Reporter: summary.json and summary.md in the reports folder."""
+    """Reporter: each run's summary.json and summary.md in its own folder, ``reports/runs/<id>/``, never
+    overwritten; ``reports/summary.json`` / ``summary.md`` are the latest run's and say whether it was complete,
+    interrupted or narrowed, and where the latest complete run's summary is."""
 
     def __init__(self) -> None:
         self.written: Path | None = None
+        self.status: RunStatus | None = None
 
     def pytest_hypocheck_run_finished(self, config: pytest.Config, run: RunRecord) -> None:
-        self.written = reports_dir(config) / "summary.json"
-        write_summary(self.written.parent, run)
+        root = reports_dir(config)
+        if run.status is not None:
+            write_summary(root / "runs" / run.status.id, run)
+        self.written, self.status = root / "summary.json", run.status
+        write_summary(root, run)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.written is not None:
-            terminalreporter.write_line(f"written: {self.written} and summary.md")
+        if self.written is None:
+            return
+        terminalreporter.write_line(f"written: {self.written} and summary.md")
+        status = self.status
+        if status is not None and status.state != "complete":
+            kept = (f"the latest complete run's: {self.written.parent / status.last_complete}"
+                    if status.last_complete else "no complete run yet")
+            terminalreporter.write_line(f"this run is {status.state} ({status.why}); {kept}", yellow=True)
