@@ -195,7 +195,8 @@ def test_every_record_names_what_it_measured(ctx: SuiteContext) -> None:
                                model=ModelRef("tiny"), inputs=OutputFeatureInputs(**options), location=None)
 
     residual = layer_features(ctx.artifacts, case(features="residual", layer=1))  # type: ignore[arg-type]
-    assert residual.measured == {"features": "residual stream after block 1", "layer": 1, "cell_line": "hepg2"}
+    assert residual.measured == {"features": "residual stream after block 1", "layer": 1, "cell_line": "hepg2",
+                                 "members": "0 of 0"}  # the tiny model has no ribosome knockdown
     delta = layer_features(ctx.artifacts, case(features="delta_y"))  # type: ignore[arg-type]
     assert delta.measured["features"].startswith("ΔY")
     np.testing.assert_array_equal(delta.features, ctx.artifacts.outputs.delta_y("tiny", "hepg2"))
