@@ -279,3 +279,32 @@ def test_config_loads_model_and_data_end_to_end(tmp_path: Path) -> None:
         gap = adapter.check_equivalence(torch.from_numpy(x), torch.from_numpy(batch), adapter.pert_names)
     assert adapter.name == "fewshot" and gap <= 1e-5
     assert cfg.load_sae() is None
+
+
+def test_the_start_up_check_refuses_data_no_case_could_run_on(tmp_path: Path) -> None:
+    """More control cells asked than a line has, or a line with controls only: one error before any case runs,
+    at the suite config's key, saying what is valid (not an error in every case later)."""
+    import anndata
+    import yaml
+
+    from hypocheck.errors import ConfigError
+    from hypocheck.fixtures.backend import validate_suite
+    from hypocheck.fixtures.config import SuiteConfig
+    from tests.helpers_tiny import tiny_suite
+
+    path = tiny_suite(tmp_path, cells=4, seed=0)
+    raw = yaml.safe_load(path.read_text())
+    validate_suite(SuiteConfig.load(path))  # the tiny suite itself is fine
+    adata = anndata.read_h5ad(tmp_path / "data" / "tiny.h5ad")
+    controls = int(((adata.obs["gene"] == "non-targeting") & (adata.obs["cell_line"] == "jurkat")).sum())
+    path.write_text(yaml.safe_dump({**raw, "control_sentence": {"cells": controls + 1, "seed": 0}}))
+    with pytest.raises(ConfigError) as err:
+        validate_suite(SuiteConfig.load(path))
+    text = str(err.value)
+    assert "control_sentence.cells" in text and f"only {controls} control cells" in text and "valid: at most" in text
+    keep = (adata.obs["cell_line"] != "jurkat") | (adata.obs["gene"] == "non-targeting")
+    adata[keep.to_numpy()].copy().write_h5ad(tmp_path / "data" / "controls_only.h5ad")
+    path.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "path": "data/controls_only.h5ad"}}))
+    with pytest.raises(ConfigError, match="cell line 'jurkat' has only control cells") as err:
+        validate_suite(SuiteConfig.load(path))
+    assert "(at cell_lines[1])" in str(err.value)
