@@ -5,8 +5,9 @@ The engine knows nothing about biology: hypotheses (YAML) are validated by
 judged into verdicts; the pytest ``plugin`` ties it together.
 """
 
+from .api import Result, run
 from .errors import HypocheckError
 from .registry import ProbeResult, probe
 
-__all__ = ["HypocheckError", "ProbeResult", "probe"]
+__all__ = ["HypocheckError", "ProbeResult", "Result", "probe", "run"]
 __version__ = "0.1.0"
