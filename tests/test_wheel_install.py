@@ -380,7 +380,10 @@ def check_user_run(installed: Installed, user_project: Path) -> None:
     verdicts = {case["id"]: case["verdict"] for case in summary["cases"]}
     assert verdicts == {CASE_ID: "pass"}, f"summary.json verdicts: {verdicts}"
     (case,) = summary["cases"]  # what was measured is named: the features, the null, the claim's kind
-    assert case["measured"] == {"features": "pert_encoder output r_k", "model": "fewshot"}, case["measured"]
+    measured = case["measured"]
+    assert {k: measured[k] for k in ("features", "model")} == {"features": "pert_encoder output r_k",
+                                                               "model": "fewshot"}, measured
+    assert re.fullmatch(r"(\d+) of \1", measured["members"]), measured  # the demo set is used whole
     assert "matched" in case["null"]["kind"] and case["claim_kind"] == "presence", case["null"]
     assert summary["counts"] == {"pass": 1, "fail": 0, "inconclusive": 0, "error": 0}, summary["counts"]
     assert Path(summary["environment"]["suite_config"]).resolve() == (user_project / "suite.yaml").resolve()
