@@ -42,6 +42,14 @@ class Case:
     """The minimum effect of interest that the effect's CI must clear (presence claims only)."""
     margin: float | None = None
     """A claim of absence's margin: set exactly when the hypothesis claims absence (see ``decisions``)."""
+    doc: SourceDoc | None = field(default=None, compare=False, repr=False)
+    """The hypothesis file, for locating a key of this case's hypothesis (``locate``)."""
+    key_base: KeyPath = ()
+    """The hypothesis's key path in its file (``()`` for a file holding one hypothesis)."""
+
+    def locate(self, *keys: str | int) -> Location:
+        """Where a key of this case's hypothesis is (``case.locate("inputs", "genes", 2)``): file, line and key."""
+        return self.doc.locate((*self.key_base, *keys)) if self.doc is not None else self.location
 
     @property
     def absence(self) -> bool:
@@ -248,6 +256,8 @@ def expand(
                 family_size=n_cases if p_metrics else 1,
                 min_effect=min_effect if p_metrics else None,
                 margin=margin,
+                doc=doc,
+                key_base=tuple(base),
             )
         )
     return cases

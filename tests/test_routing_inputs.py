@@ -8,6 +8,7 @@ control sentences, and ∂Ȳ[target]/∂X[regulator].
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -207,3 +208,21 @@ def test_every_record_names_what_it_measured(ctx: SuiteContext) -> None:
                               inputs=RoutingInputs(jacobian="onehot"), location=None)
     measured = routing_arrays(ctx.artifacts, routing).measured  # type: ignore[arg-type]
     assert measured["jacobian"].startswith("one-hot") and measured["sentence"] == f"random, {CELLS} cells, seed 3"
+
+
+def test_a_bad_name_in_inputs_is_located_at_its_entry(ctx: SuiteContext, tmp_path: Path) -> None:
+    """A gene the model lacks in ``inputs.genes`` is reported at that entry's line and key, with close matches."""
+    from hypocheck.cases import expand
+    from hypocheck.fixtures.inputs import knockout_profiles
+    from hypocheck.schema import hypotheses_from_doc
+    from hypocheck.yamlsource import load_yaml
+
+    path = tmp_path / "ko.yaml"
+    path.write_text("id: ko\nclaim: c\nprobe: knockout_transfer\ncases: {model: [tiny]}\ninputs:\n"
+                    "  lines: [hepg2, jurkat]\n  genes:\n    - GENE00\n    - GENE0X\nexpect: [mean_spearman > 0]\n")
+    doc = load_yaml(path)
+    (case,) = [c for hyp, base in hypotheses_from_doc(doc) for c in expand(hyp, doc, base, {"model": ["tiny"]})]
+    with pytest.raises(UnknownNameError) as err:
+        knockout_profiles(ctx.artifacts, case)
+    text = str(err.value)
+    assert f"{path}:9:" in text and "(at inputs.genes[1])" in text and "'GENE0X'" in text, text
