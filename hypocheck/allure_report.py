@@ -192,6 +192,18 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
         rows.append((f"on the {html.escape(kind)} control",
                      f"{html.escape(control.verdict.upper())}, {html.escape(str(verdict.effect_metric))} = "
                      f"{_fmt(control.effect)} (95% CI [{_fmt(control.ci[0])}, {_fmt(control.ci[1])}])"))
+    for arm, ref in verdict.references.items():
+        shown = (f"not applicable: {html.escape(ref.reason)}" if ref.verdict == "not applicable" else
+                 f"{html.escape(ref.verdict.upper())}, {html.escape(str(verdict.effect_metric))} = {_fmt(ref.effect)} "
+                 f"(95% CI [{_fmt(ref.ci[0])}, {_fmt(ref.ci[1])}])"
+                 + (f"; measured: {html.escape(str(ref.measured['features']))}" if ref.measured.get("features")
+                    else ""))
+        rows.append((f"reference arm: {html.escape(arm)}", shown))
+    if verdict.stability is not None:
+        stab = verdict.stability
+        detail = ", ".join(f"{html.escape(s)}: {v} ({_fmt(e)})" for s, v, e in
+                           zip(stab.samples, stab.verdicts, stab.effects, strict=True))
+        rows.append(("stability", f"<b>{html.escape(stab.text)}</b> — {detail}"))
     if verdict.specific_to_training is False:
         rows.append(("specific to training", "<b>NO</b>: the claim holds as strongly on a control model"))
     if verdict.truth is not None:
@@ -227,6 +239,8 @@ def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult) -> None:
     if verdict.truth is not None:
         allure.dynamic.tag(f"planted truth {verdict.truth}")
         allure.dynamic.label("planted_truth", verdict.truth)
+    if verdict.stability is not None:
+        allure.dynamic.tag("fragile" if verdict.stability.fragile else "stable")
     payload = {k: v for k, v in verdict.to_json().items() if k not in {"claim", "location", "source"}}
     payload["cis"] = {k: list(v) for k, v in result.cis.items()}
     allure.attach(json.dumps(payload, indent=2, sort_keys=True), name="metrics",

@@ -42,7 +42,7 @@ class PlotAttachments:
                                      inputs: Any) -> None:
         import allure
 
-        from .plots import PlotInfo, render_all
+        from .plots import PlotInfo, arms_figure, png_bytes, render_all
 
         groups = result.arrays.get("groups")
         observed = case.probe.metrics_of_kind("observed")
@@ -53,6 +53,12 @@ class PlotAttachments:
         for title, png in render_all(result, info):
             kind = allure.attachment_type.PNG if isinstance(png, bytes) else allure.attachment_type.TEXT
             allure.attach(png, name=title, attachment_type=kind)
+        arms = [("model", verdict.effect, verdict.ci),
+                *((arm, ref.effect, ref.ci) for arm, ref in verdict.references.items())]
+        figure = arms_figure(info.title, str(verdict.effect_metric), arms, verdict.min_effect or verdict.margin)
+        if figure is not None:
+            allure.attach(png_bytes(figure), name="beside the data and baselines",
+                          attachment_type=allure.attachment_type.PNG)
 
 
 def register(config: pytest.Config) -> None:
