@@ -305,6 +305,14 @@ def environment_properties(environment: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def allure_environment(run: RunRecord) -> dict[str, Any]:
+    """The run's environment plus, against a baseline, which baseline and the checkpoints whose fingerprint
+    changed (both fingerprints), so Allure's Environment panel says what the run was compared with."""
+    if run.drift is None:
+        return dict(run.environment)
+    return {**run.environment, "baseline": {"name": run.drift.baseline, "changed": run.drift.checkpoints}}
+
+
 def write_run_metadata(directory: Path, environment: Mapping[str, Any]) -> None:
     """``categories.json`` and ``environment.properties`` in the Allure results folder."""
     atomic_write_text(directory / "categories.json", json.dumps(CATEGORIES, indent=2) + "\n")
@@ -345,7 +353,7 @@ class AllureReporter:
         report_case(case, verdict, result)
 
     def pytest_hypocheck_run_finished(self, config: pytest.Config, run: RunRecord) -> None:
-        write_run_metadata(self.directory, run.environment)
+        write_run_metadata(self.directory, allure_environment(run))
         if run.drift is not None:
             for case_id, nodeid in run.drift.gone_nodeids.items():
                 write_gone_result(self.directory, case_id, f"case gone since baseline {run.drift.baseline}",
