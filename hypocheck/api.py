@@ -15,6 +15,7 @@ the same verdicts; the reports (summary files, Allure results when asked) are wr
 from __future__ import annotations
 
 import base64
+import difflib
 import html
 import os
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,11 @@ class Result:
 
     def show(self, case_id: str) -> None:
         """Display one case's plots (in Jupyter; elsewhere their titles are printed)."""
+        if case_id not in self.plots:
+            close = difflib.get_close_matches(case_id, list(self.plots), n=3, cutoff=0.5)
+            raise KeyError(f"no case {case_id!r} with plots in this result"
+                           + (f"; did you mean {', '.join(map(repr, close))}?" if close else
+                              f"; {len(self.plots)} cases have plots (see result.cases.id)"))
         try:
             from IPython.display import Image, display
         except ImportError:  # not in a notebook

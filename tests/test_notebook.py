@@ -33,6 +33,9 @@ CELLS = [
     "result",
     "result.claims",
     "print('VERDICTS ' + json.dumps(dict(zip(result.cases['id'], result.cases['verdict']))))",
+    "result.show(result.cases['id'][0])",
+    "try:\n    result.show('claims::program_pert_clustering[fewshot-mitoribosom]')\nexcept KeyError as e:\n"
+    "    print('SHOW ' + str(e))",
 ]
 
 
@@ -53,6 +56,9 @@ def test_a_notebook_and_pytest_give_the_same_verdicts(tmp_path: Path) -> None:
     assert any("<table" in h and "verdict" in h for h in rich)  # the claims DataFrame
     assert any('<img src="data:image/png;base64,' in h and "null distribution" in h for h in rich)  # plots inline
     printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    shown = [o for o in notebook.cells[4].get("outputs", []) if o.get("output_type") == "display_data"]
+    assert shown and all("image/png" in o["data"] for o in shown)  # one case's plots, displayed
+    assert "did you mean 'claims::program_pert_clustering[fewshot-mitoribosome]'" in printed  # a typo is named
     verdicts = json.loads(printed.split("VERDICTS ", 1)[1].splitlines()[0])
     assert sorted(verdicts.values()) == ["fail", "pass"]  # the demo's planted truth: mitoribosome, not proteasome
 
