@@ -231,10 +231,9 @@ def stability_of(samples: Sequence[str], verdicts: Sequence[CaseVerdict]) -> Sta
 
 
 def with_stability(verdict: CaseVerdict, stability: Stability) -> CaseVerdict:
-    """``verdict`` with its stability over control samples, and a note when it is fragile."""
-    notes = (*verdict.notes, f"{stability.text}: the verdict depends on which control cells were sampled"
-             ) if stability.fragile else tuple(verdict.notes)
-    return replace(verdict, stability=stability, notes=notes)
+    """``verdict`` with its stability over control samples (every output shows ``stability.text``; a fragile case
+    keeps the verdict of its own sample, so the record never changes what was decided)."""
+    return replace(verdict, stability=stability)
 
 
 def with_inputs(verdict: CaseVerdict, inputs: object) -> CaseVerdict:
