@@ -12,16 +12,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
-import numpy as np
 import pytest
 
 from . import progress
 from .backend import ProbeContext
 from .baseline import case_fingerprints
 from .cases import Case
-from .controls import with_controls
-from .decisions import case_outcome, judge, with_inputs
+from .decisions import case_outcome
 from .errors import HypocheckError, Location
+from .evaluate import evaluate_case
 from .records import CaseVerdict, error_verdict
 from .registry import ProbeResult
 from .runsummary import ENV_KEY, RECORD_KEY, wants_fingerprints
@@ -93,17 +92,12 @@ def error_record(case: Case | None, case_id: str, error: BaseException, location
 
 
 def judge_case(item: CaseItem, context: ProbeContext) -> Judged:
-    """Inputs → probe → verdict (decided once), in the item's setup; an exception records the case as an error
-    and propagates, so that pytest reports an error."""
+    """The case's one path (:func:`hypocheck.evaluate.evaluate_case`: inputs → probe → reference arms → verdict →
+    controls → stability), in the item's setup; an exception records the case as an error and propagates, so that
+    pytest reports an error."""
     case = item.case
     try:
-        with progress.stage("inputs"):
-            inputs = context.prepare(case)
-        with progress.stage(f"probe {case.probe.name}"):
-            result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
-        with progress.stage("verdict and controls"):
-            judged = with_inputs(judge(case, result), inputs)  # how the inputs were computed, what they measure
-            verdict = with_controls(case, judged, context)
+        verdict, result, inputs = evaluate_case(case, context)
     except Exception as exc:  # a crashing probe or model is an error of the run, not a missing case
         item.user_properties.append((ENV_KEY, dict(context.environment())))
         item.user_properties.append((RECORD_KEY, error_record(case, case.case_id, exc, str(case.location),

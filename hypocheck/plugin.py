@@ -27,8 +27,16 @@ from typing import Any
 import pytest
 
 from . import hookspecs, progress, reporters
-from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, SchedulingBackend, backend_factory
-from .cases import Case, expand
+from .backend import (
+    DEFAULT_BACKEND,
+    Backend,
+    ProbeContext,
+    RunOptions,
+    SchedulingBackend,
+    SuiteDefaults,
+    backend_factory,
+)
+from .cases import Case, expand, with_suite_defaults
 from .errors import HypocheckError, HypothesisFileError
 from .items import BrokenFileItem, CaseItem, run_case
 from .records import CaseVerdict
@@ -353,6 +361,7 @@ class HypothesisFileCollector(pytest.File):
         doc = load_yaml(self.path)
         backend = backend_of(self.config)
         vocabulary = backend.vocabulary()
+        defaults = backend.hypothesis_defaults() if isinstance(backend, SuiteDefaults) else {}
         seen = self.config.stash[_seen_ids]
         cases: list[Case] = []
         for hyp, base in hypotheses_from_doc(doc):
@@ -363,7 +372,7 @@ class HypothesisFileCollector(pytest.File):
                     "ids must be unique across the run",
                 )
             seen[hyp.id] = where
-            expanded = expand(hyp, doc, base, vocabulary)
+            expanded = expand(with_suite_defaults(hyp, defaults), doc, base, vocabulary)
             if expanded:
                 backend.check_case(expanded[0])  # the probe and its inputs are the same for every case
             cases += expanded
