@@ -340,9 +340,22 @@ class AllureReporter:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.started: set[str] = set()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:
+        self._start(item)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        """An item whose setup raised (a case that could not run, a file that does not load) never reaches its
+        call: it gets its title, parameters and labels here, before Allure computes its history id."""
+        if item.nodeid not in self.started:
+            self._start(item)
+        self.started.discard(item.nodeid)
+
+    def _start(self, item: pytest.Item) -> None:
+        self.started.add(item.nodeid)
         case = getattr(item, "case", None)
         if isinstance(case, Case):
             start_case(case, family_of(item.path))

@@ -47,7 +47,8 @@ config is then loaded back to prove that it is valid."""
 INIT_EPILOG = """\
 examples:
   hypocheck init --run-dir fewshot=runs/fewshot --run-dir zeroshot=runs/zeroshot --data replogle.h5ad
-  hypocheck init --run-dir fewshot=runs/fewshot --data data.h5ad --batch-key none --control-label ctrl"""
+  hypocheck init --run-dir fewshot=runs/fewshot --data data.h5ad --batch-key none --control-label ctrl
+  hypocheck init --run-dir fewshot=runs/fewshot --data data.h5ad --gene-sets pathways.gmt"""
 
 PROBES_HELP = """\
 List every registered probe: what it measures, its case axes (the `cases:` a hypothesis crosses), the
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", type=Path, default=Path("suite.yaml"), metavar="FILE",
                       help="the suite config to write (default: suite.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite the suite config if it exists")
+    init.add_argument("--gene-sets", action="append", type=Path, default=[], metavar="FILE",
+                      help="a gene set file (GMT, two-column TSV or YAML) for the config's gene_sets: {from: …}; "
+                      "its sets with enough knockdowns join the example (repeat for several files)")
     settle = init.add_argument_group("settle a choice (each is found in the files when not given)")
     settle.add_argument("--gene-key", metavar="COLUMN", help="obs column of the knocked-down gene")
     settle.add_argument("--cell-line-key", metavar="COLUMN", help="obs column of the cell line")
@@ -176,6 +180,7 @@ def _init(args: argparse.Namespace) -> int:
         _run_dirs(args.run_dir), args.data, args.out, force=args.force, echo=print,
         gene_key=args.gene_key, cell_line_key=args.cell_line_key, batch_key=args.batch_key,
         expr_key=args.expr_key, control_label=args.control_label, cell_lines=cell_lines,
+        gene_set_files=args.gene_sets,
     )
     return 0
 

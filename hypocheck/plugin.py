@@ -15,7 +15,6 @@ as one usage error.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 import shutil
@@ -37,25 +36,19 @@ from .backend import (
     SuiteDefaults,
     backend_factory,
 )
-from .baseline import case_fingerprints
 from .cases import Case, expand, with_suite_defaults
-from .decisions import case_outcome
-from .errors import HypocheckError, HypothesisFileError, Location
-from .evaluate import evaluate_case
-from .records import CaseVerdict, error_verdict
+from .errors import HypocheckError, HypothesisFileError
+from .items import BrokenFileItem, CaseItem, run_case
+from .records import CaseVerdict
 from .runsummary import (
     BASELINE_KEY,
     EMPTY_DIRS_KEY,
-    ENV_KEY,
     NOTES_KEY,
-    RECORD_KEY,
     RunSummary,
     finished_line,
     load_baseline,
-    wants_fingerprints,
 )
 from .schema import hypotheses_from_doc
-from .summary import failure_text
 from .yamlsource import load_yaml
 
 _seen_ids = pytest.StashKey[dict[str, str]]()
@@ -345,7 +338,7 @@ def hypocheck_context(pytestconfig: pytest.Config) -> ProbeContext:
 
 
 class HypothesisFileCollector(pytest.File):
-    """One YAML file: its hypotheses expanded into case items, or one failing item saying why it is broken."""
+    """One YAML file: its hypotheses expanded into case items, or one error item saying why it is broken."""
 
     def collect(self) -> Iterator[pytest.Item]:
         try:
@@ -354,7 +347,7 @@ class HypothesisFileCollector(pytest.File):
             yield BrokenFileItem.from_parent(self, name="<load>", error=exc)
             return
         for case in cases:
-            item = CaseItem.from_parent(self, name=case.name, callobj=_run_case)
+            item = CaseItem.from_parent(self, name=case.name, callobj=run_case)
             item.case = case
             item.add_marker(pytest.mark.hypocheck)
             # with `-n auto --dist loadgroup`, cases of one model run on one worker: the model loads once
@@ -394,49 +387,6 @@ def case_marks(case: Case) -> list[str]:
     return list(dict.fromkeys(m if m[:1].isalpha() or m[:1] == "_" else f"_{m}" for m in marks))
 
 
-class BrokenFileItem(pytest.Item):
-    """Stands for a hypothesis file that could not be loaded: fails with the file:line message."""
-
-    def __init__(self, *, error: HypocheckError, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.error = error
-
-    def runtest(self) -> None:
-        self.user_properties.append((RECORD_KEY, _error_record(None, self.nodeid, self.error, str(self.path),
-                                                               self.nodeid)))
-        raise self.error
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        return str(excinfo.value)
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, (self.error.location.line or 1) - 1 if self.error.location else 0, self.name
-
-
-class CaseItem(pytest.Function):
-    """A pytest Function running one case; fixtures resolve through pytest as usual."""
-
-    case: Case
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, (self.case.location.line or 1) - 1, self.case.case_id
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, HypocheckError):
-            return f"{self.case.case_id}: {excinfo.value}"
-        return super().repr_failure(excinfo)
-
-
-def _error_record(case: Case | None, case_id: str, error: BaseException, location: str, nodeid: str) -> dict[str, Any]:
-    where = error.location if isinstance(error, HypocheckError) and error.location else Location(location)
-    reason = str(error) if isinstance(error, HypocheckError) else f"{type(error).__name__}: {error}"
-    if case is None:
-        return error_verdict(case_id, reason, str(where), nodeid=nodeid).to_json()
-    return error_verdict(case_id, reason, str(where), hypothesis=case.hypothesis.id, claim=case.hypothesis.claim,
-                         probe=case.probe.name, axes=dict(case.axes), nodeid=nodeid, expected=case.expected,
-                         holds_if=case.hypothesis.holds_if).to_json()
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
     """A case's name goes to the progress display while it runs."""
@@ -450,43 +400,11 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Any:
-    """A case's fixtures (the models, the data) build under the stage "loading"."""
-    if not isinstance(item, CaseItem):
-        return (yield)
-    with progress.stage("loading"):
-        return (yield)
-
-
-def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -> None:
-    """The body of every case item: inputs → probe → verdict (decided once) → record → the same pytest outcome."""
-    item = request.node
-    assert isinstance(item, CaseItem)
-    case = item.case
-    try:
-        verdict, result, inputs = evaluate_case(case, hypocheck_context)
-    except Exception as exc:  # a crashing probe or model is an error of the run, not a missing case
-        item.user_properties.append((ENV_KEY, dict(hypocheck_context.environment())))
-        item.user_properties.append((RECORD_KEY, _error_record(case, case.case_id, exc, str(case.location),
-                                                               item.nodeid)))
-        raise
-    env = dict(hypocheck_context.environment())
-    item.user_properties.append((ENV_KEY, env))
-    verdict = dataclasses.replace(verdict, nodeid=item.nodeid)
-    if wants_fingerprints(item.config):
-        values = [*case.axes.values(), *case.params.model_dump().values(), *case.inputs.model_dump().values()]
-        verdict = dataclasses.replace(verdict, fingerprints=case_fingerprints(values, env))
-    item.user_properties.append((RECORD_KEY, verdict.to_json()))
-    item.config.hook.pytest_hypocheck_case_judged(config=item.config, case=case, verdict=verdict, result=result,
-                                                  inputs=inputs)
-    _conclude(case, verdict)
-
-
-def _conclude(case: Case, verdict: CaseVerdict) -> None:
-    """The pytest outcome is the verdict (``hypocheck.decisions.case_outcome``): pass → passed, fail → failed,
-    inconclusive → skipped."""
-    outcome = case_outcome(verdict.verdict)
-    if outcome == "failed":
-        pytest.fail(failure_text(verdict), pytrace=False)
-    if outcome == "skipped":
-        pytest.skip(f"inconclusive: {verdict.reason}")
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A case that could not run is reported as pytest reports a setup error; a project error reads as its message
+    (file, line, key and what is valid), not as a traceback."""
+    report = yield
+    if isinstance(item, (CaseItem, BrokenFileItem)) and call.when == "setup" and call.excinfo is not None \
+            and isinstance(call.excinfo.value, HypocheckError):
+        report.longrepr = item.repr_failure(call.excinfo)
+    return report

@@ -173,7 +173,8 @@ def write_summary(directory: Path, run: RunRecord) -> None:
 
 def failure_text(verdict: CaseVerdict) -> str:
     """A failing case's pytest message: the claim, the verdict and why, each expectation ✓/✗ with the measured
-    values, the paper's figures beside the measured ones, the planted truth, the seed and where it is defined."""
+    values, the paper's figures beside the measured ones, the planted truth, what was measured (set members used,
+    cells per knockdown) and the case's notes, the seed and where it is defined."""
     lines = [f"claim: {verdict.claim}", f"verdict: {verdict.verdict} — {verdict.reason}"]
     for check in verdict.checks:
         mark = {True: "✓", False: "✗", None: "?"}[check.holds]
@@ -183,6 +184,9 @@ def failure_text(verdict: CaseVerdict) -> str:
     lines += [f"  {text}" for text in (references_text(verdict), stability_text(verdict)) if text]
     if verdict.truth is not None:
         lines.append(f"  planted truth: {verdict.truth} (expected {verdict.expected})")
+    measured = measured_text(verdict)
+    lines += [f"  measured: {measured}"] if measured else []
+    lines += [f"  note: {note}" for note in verdict.notes]  # e.g. which set members the case did not use, and why
     lines.append(f"  seed {verdict.seed}; defined at {verdict.location}")
     return "\n".join(lines)
 

@@ -157,7 +157,7 @@ def test_every_case_reports_to_allure(suite: pytest.Pytester) -> None:
     alluredir = suite.path / "allure-results"
     result = suite.runpytest_subprocess("hypotheses", "-p", "no:cacheprovider", "-n", "2",
                                         f"--alluredir={alluredir}", "--clean-alluredir")
-    result.assert_outcomes(passed=2, failed=2, skipped=1)
+    result.assert_outcomes(passed=2, failed=1, skipped=1, errors=1)
     results = _results(alluredir)
     claim = "Knockdowns of one pathway cluster in pert_encoder space"
     alpha, beta, tiny = (results[f"{claim} [tiny · {s}]"] for s in ("alpha", "beta", "tiny"))

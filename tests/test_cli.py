@@ -105,7 +105,44 @@ def test_init_writes_no_example_that_could_not_run(world: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "no example hypothesis written: no gene set has 5 members" in result.stdout, result.stdout
     assert "the example uses those with at least 5: none" in result.stdout
+    assert "hypocheck init --gene-sets pathways.gmt, or gene_sets: {from: pathways.gmt}" in result.stdout
     assert not (world / "hypotheses" / "example.yaml").exists() and (world / "suite.yaml").is_file()
+
+
+def test_init_reads_a_gene_set_file_and_the_example_takes_its_largest_fitting_sets(world: Path) -> None:
+    """``--gene-sets FILE`` goes under gene_sets: {from: …}; of the many sets that fit, the example takes the 6
+    with the most knockdowns of the models and the data; a set of unknown genes does not fit."""
+    import anndata
+
+    obs = anndata.read_h5ad(world / "world" / "demo.h5ad", backed="r").obs
+    knockdowns = sorted(set(obs["gene"].astype(str)) - {"non-targeting"})
+    lines = [f"S{i:02d}\tfiller\t" + "\t".join(knockdowns[5 * i: 5 * i + 5 + i % 4]) for i in range(14)]
+    lines.append("UNKNOWN\ttypos\t" + "\t".join(f"NOPE{i}" for i in range(8)))
+    (world / "pathways.gmt").write_text("\n".join(lines) + "\n")
+    result = cli("init", *RUN_DIRS, "--data", "world/demo.h5ad", "--gene-sets", "pathways.gmt", cwd=world)
+    assert result.returncode == 0, result.stderr
+    assert "gene set file pathways.gmt: 15 sets" in result.stdout
+    config = SuiteConfig.load(world / "suite.yaml")
+    assert config.gene_set_definitions()["S03"].source == "pathways.gmt:4"
+    counts = next(line for line in result.stdout.splitlines() if line.startswith("gene sets ("))
+    # the file's sets, largest first: 14 of its 15 fit (UNKNOWN names no knockdown)
+    assert counts.startswith("gene sets (knockdowns that the models and the data both have): 14 of 15 sets have "
+                             "at least 5: S03 8, S07 8, S11 8, S02 7"), counts
+    assert "UNKNOWN" not in counts and "the example uses the 6 largest, " in counts, counts
+    doc = load_yaml(world / "hypotheses" / "example.yaml")
+    [(hypothesis, base)] = hypotheses_from_doc(doc)
+    chosen = hypothesis.cases["gene_set"]
+    assert chosen == ["S02", "S03", "S06", "S07", "S10", "S11"]  # 8 or 7 members each, in file order
+    vocabulary = {"model": list(config.models), "gene_set": list(config.gene_set_definitions())}
+    assert len(expand(hypothesis, doc, base, vocabulary)) == 2 * 6
+
+
+def test_init_refuses_a_bad_gene_set_file_and_writes_nothing(world: Path) -> None:
+    (world / "bad.gmt").write_text("S1 filler KD01 KD02\n")
+    result = cli("init", *RUN_DIRS, "--data", "world/demo.h5ad", "--gene-sets", "bad.gmt", cwd=world)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "bad.gmt:1: malformed GMT line" in result.stderr and "valid: GMT" in result.stderr, result.stderr
+    assert not (world / "suite.yaml").exists() and not (world / "hypotheses").exists()
 
 
 def test_init_reads_without_torch(world: Path) -> None:

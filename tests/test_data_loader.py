@@ -308,3 +308,35 @@ def test_the_start_up_check_refuses_data_no_case_could_run_on(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="cell line 'jurkat' has only control cells") as err:
         validate_suite(SuiteConfig.load(path))
     assert "(at cell_lines[1])" in str(err.value)
+
+
+def test_the_start_up_check_refuses_a_line_whose_knockdowns_no_model_knows(tmp_path: Path) -> None:
+    """A line whose knockdowns are all unknown to a model (another screen's data, a wrong gene_key): one error at
+    the line's key, naming the model and examples of both vocabularies, before any case runs."""
+    import anndata
+    import yaml
+
+    from hypocheck.errors import ConfigError
+    from hypocheck.fixtures.backend import validate_suite
+    from hypocheck.fixtures.config import SuiteConfig
+    from tests.helpers_tiny import tiny_suite
+
+    path = tiny_suite(tmp_path, cells=4, seed=0)
+    raw = yaml.safe_load(path.read_text())
+    adata = anndata.read_h5ad(tmp_path / "data" / "tiny.h5ad")
+    jurkat_kd = ((adata.obs["cell_line"] == "jurkat") & (adata.obs["gene"] != "non-targeting")).to_numpy()
+    genes = adata.obs["gene"].astype(str).to_numpy().copy()
+    genes[jurkat_kd] = ["OTHER" + g for g in genes[jurkat_kd]]
+    adata.obs["gene"] = genes
+    adata.write_h5ad(tmp_path / "data" / "other.h5ad")
+    raw["data"]["path"] = "data/other.h5ad"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        validate_suite(SuiteConfig.load(path))
+    text = str(err.value)
+    assert "(at cell_lines[1])" in text and "cell line 'jurkat' has no knockdown that model 'tiny' knows" in text
+    assert "its 3 knockdowns" in text and "e.g. OTHERKD00" in text and "KD00" in text, text
+    assert "hint: list only the cell lines whose knockdowns the models know" in text
+    raw["cell_lines"] = ["hepg2"]  # hepg2's knockdowns are the model's: the check passes
+    path.write_text(yaml.safe_dump(raw))
+    validate_suite(SuiteConfig.load(path))

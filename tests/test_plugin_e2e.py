@@ -54,8 +54,9 @@ def load_summary(pytester: pytest.Pytester) -> dict:
 
 def test_pass_fail_inconclusive_and_broken_file_in_one_run(suite: pytest.Pytester) -> None:
     result = suite.runpytest_subprocess("hypotheses", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    result.assert_outcomes(passed=1, failed=1, skipped=1, errors=1)  # a file that does not load is an error
     out = result.stdout.str()
+    assert "Traceback" not in out and "ERROR hypotheses/broken.yaml::<load>" in out
     assert "broken.yaml:7:1 (at paramz): unknown key 'paramz'" in out
     assert "did you mean 'params'?" in out
     summary = load_summary(suite)
@@ -103,3 +104,76 @@ def test_inconclusive_can_be_made_to_fail(suite: pytest.Pytester) -> None:
     plain = suite.runpytest_subprocess("hypotheses", "-k", "tiny-tiny")
     assert plain.ret == 0  # without the option, an inconclusive case (and claim) is not a failure
 
+
+
+# A context whose inputs raise: a data error for 'tiny' (the project's own error), a raw ValueError for 'beta'.
+RAISING = '''
+
+from hypocheck.errors import DataError, Location
+
+
+class RaisingContext(TinyContext):
+    def prepare(self, case):
+        if case.axes["gene_set"] == "tiny":
+            raise DataError("cell line 'hepg2' has no cells of knockdown K20", Location("data/tiny.h5ad"),
+                            "valid: K0 … K19")
+        if case.axes["gene_set"] == "beta":
+            raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+        return super().prepare(case)
+
+
+def pytest_hypocheck_backend(config):
+    return StaticBackend(VOCABULARY, RaisingContext)
+'''
+
+
+@pytest.mark.parametrize("workers", ["2"])  # reports travel from a worker, as in CI runs
+def test_an_error_verdict_is_pytests_error_in_every_output(
+    suite: pytest.Pytester, workers: str
+) -> None:
+    """A case whose inputs raise is an error everywhere: pytest's outcome (E, 'errors' in its counts), JUnit's
+    <error>, summary.json, Allure's 'broken' and the exit status; a passing case beside it stays passed."""
+    suite.makeconftest((Path(__file__).parent / "e2e_conftest.py").read_text() + RAISING)
+    (suite.path / "hypotheses" / "broken.yaml").unlink()
+    junit, alluredir = suite.path / "junit.xml", suite.path / "allure-results"
+    result = suite.runpytest_subprocess("hypotheses", "-p", "no:cacheprovider", "-n", workers, "-rA",
+                                        f"--junitxml={junit}", f"--alluredir={alluredir}")
+    result.assert_outcomes(passed=1, errors=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "ERROR hypotheses/claim1.yaml::pathway_clustering[tiny-tiny]" in out
+    assert "ERROR hypotheses/claim1.yaml::pathway_clustering[tiny-beta]" in out
+    assert "FAILED" not in out
+    # the project's error reads as its message; a raw exception keeps its traceback for whoever debugs it
+    assert "claim1::pathway_clustering[tiny-tiny]: data/tiny.h5ad: cell line 'hepg2' has no cells" in out
+    assert "ValueError: torch.cat(): expected a non-empty list of Tensors" in out
+
+    import xml.etree.ElementTree as ET
+
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert {name: [child.tag for child in case if child.tag in ("error", "failure", "skipped")]
+            for name, case in cases.items()} == {
+        "pathway_clustering[tiny-alpha]": [], "pathway_clustering[tiny-beta]": ["error"],
+        "pathway_clustering[tiny-tiny]": ["error"]}
+    suite_counts = next(ET.parse(junit).getroot().iter("testsuite")).attrib
+    assert (suite_counts["errors"], suite_counts["failures"]) == ("2", "0")
+
+    summary = load_summary(suite)
+    verdicts = {c["id"]: (c["verdict"], c["reason"]) for c in summary["cases"]}
+    assert verdicts["claim1::pathway_clustering[tiny-alpha]"][0] == "pass"
+    assert verdicts["claim1::pathway_clustering[tiny-tiny]"] == (
+        "error", "data/tiny.h5ad: cell line 'hepg2' has no cells of knockdown K20\n  hint: valid: K0 … K19")
+    assert verdicts["claim1::pathway_clustering[tiny-beta]"] == (
+        "error", "ValueError: torch.cat(): expected a non-empty list of Tensors")
+    assert summary["counts"]["error"] == 2
+
+    allure = {}
+    for path in alluredir.glob("*-result.json"):
+        record = json.loads(path.read_text())
+        allure[record["name"]] = record
+    claim = "Knockdowns of one pathway cluster in pert_encoder space"
+    statuses = {s: allure[f"{claim} [tiny · {s}]"]["status"] for s in ("alpha", "beta", "tiny")}
+    assert statuses == {"alpha": "passed", "beta": "broken", "tiny": "broken"}
+    # an errored case keeps its parameters, so that its history follows the same case as a run where it passed
+    assert [(p["name"], p["value"]) for p in allure[f"{claim} [tiny · tiny]"]["parameters"]] == [
+        ("model", "'tiny'"), ("gene_set", "'tiny'")]
