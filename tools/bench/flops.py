@@ -49,7 +49,8 @@ class Sizes:
     def jvp_column(self) -> int:
         """One (knockdown, direction) column of ``∂Ȳ/∂r``: the tangent through backbone and output projection."""
         s = self.cells
-        return s * 2 * (self.layers * self._block() + self.hidden * self.genes) + 8 * self.layers * s * s * self.attention
+        products = s * 2 * (self.layers * self._block() + self.hidden * self.genes)
+        return products + 8 * self.layers * s * s * self.attention
 
     def gram_accumulation(self, knockdowns: int, directions: int) -> int:
         """The Gram's products: one ``(K × G) · (G × K)`` per direction."""

@@ -30,12 +30,13 @@ import argparse
 import datetime as dt
 import importlib.metadata as md
 import json
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from tools.bench.imports import normalise
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = ROOT / ".gpu-bundle"
@@ -90,11 +91,6 @@ wrapt xarray xxhash yarl zipp
 """.split())
 """The device image's Python packages (names normalised), as read on such a machine on 2026-11-17; Python 3.12.3,
 torch 2.11.0+cu130, transformers 5.17.0."""
-
-
-def normalise(name: str) -> str:
-    """A distribution name as pip compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def wheel_name_version(path: Path) -> tuple[str, str]:

@@ -42,6 +42,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,9 @@ import numpy as np
 import torch
 import yaml
 
-from tools.bench import flops
-from tools.bench.jacobian_bench import _status_kb, device_name, measure, rel_err
+from tools.bench import flops, imports
+from tools.bench.gpu_bundle import DEVICE_HAS
+from tools.bench.jacobian_bench import _status_kb, device_name, rel_err
 from tools.demo.scale import SCALE_LINES, SCALE_SPEC, SCALE_TEMPLATES, ScaleTrainConfig, build_untrained
 from tools.demo.world import WorldSpec
 
@@ -187,9 +189,10 @@ def setup(run: Run, work: Path, per_kd: int) -> dict[str, Path]:
     configs = {p: write_config(work, run.device.type, p, DRY_LINES if run.dry_run else None) for p in PRECISIONS}
     sizes = flops.Sizes(genes=spec.n_genes or 0, hidden=cfg.hidden, layers=cfg.layers,
                         attention=cfg.heads * cfg.head_dim, mlp=cfg.intermediate, cells=cells)
-    dry = {"dry_run": {"knockdowns": DRY_KEEP, "cell_lines": DRY_LINES, "probe_resamples": DRY_RESAMPLES}}
-    run.record("setup", **(dry if run.dry_run else {}), world={"genes": spec.n_genes, "knockdowns": spec.n_knockdowns, "lines": list(spec.lines),
-                               "cells_per_knockdown": spec.n_per_kd, "control_cells": spec.n_control},
+    dry = {"dry_sizes": {"knockdowns": DRY_KEEP, "cell_lines": DRY_LINES, "probe_resamples": DRY_RESAMPLES}}
+    world = {"genes": spec.n_genes, "knockdowns": spec.n_knockdowns, "lines": list(spec.lines),
+             "cells_per_knockdown": spec.n_per_kd, "control_cells": spec.n_control}
+    run.record("setup", **(dry if run.dry_run else {}), world=world,
                model={"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "head_dim": cfg.head_dim,
                       "mlp": cfg.intermediate, "weights": "random, planted pert_encoder, not trained"},
                sentence_cells=cells, sizes=sizes.__dict__, **seconds)
@@ -215,22 +218,23 @@ def engine_vs_notebook(run: Run, ctx: Any, sizes: flops.Sizes, kds: int, noteboo
     for r in reps[:notebook_kds]:
         if nb_s and run.left() < 3 * nb_s[0] + 60:  # keep time for the rest of the run
             break
-        jac, seconds, _ = timed(device, lambda r=r: torch.autograd.functional.jacobian(f, r))
+        jac, seconds, _ = timed(device, partial(torch.autograd.functional.jacobian, f, r))
         nb_rows.append(jac)
         nb_s.append(seconds)
     rates: dict[str, float] = {}
     engine: dict[str, Any] = {}
-    reference = None
+    reference: torch.Tensor | None = None
     for precision in PRECISIONS:
         g = with_precision(f, precision, device)
         with matmul_precision(precision, device):
-            jac, seconds, peak = timed(device, lambda g=g: pert_jacobians(g, reps, progress=False))
+            jac, seconds, peak = timed(device, partial(pert_jacobians, g, reps, progress=False))
         rates[precision] = seconds / kds
         reference = jac if reference is None else reference
         engine[precision] = {"s_per_kd": seconds / kds, "peak_gpu_bytes": peak,
                              "tflop_per_s": kds * sizes.hidden * sizes.jvp_column() / seconds / 1e12,
                              "max_rel_err_vs_fp32_engine": max(rel_err(jac[k], reference[k]) for k in range(kds))}
     notebook = sum(nb_s) / len(nb_s)
+    assert reference is not None
     error = max(rel_err(reference[k], nb_rows[k]) for k in range(len(nb_rows)))
     run.record("engine_vs_notebook", model=MODEL, cell_line=LINE, knockdowns=chosen,
                notebook={"method": "torch.autograd.functional.jacobian per knockdown, all output rows (the "
@@ -276,7 +280,7 @@ def all_knockdowns(run: Run, ctx: Any, precision: str, sizes: flops.Sizes, s_per
         if not ok:
             rec[f"{key}_note"] = note
             continue
-        est, seconds, peak = timed(run.device, lambda o=onehot: art.jacobians.jacobian_gram_estimate(MODEL, LINE, o))
+        est, seconds, peak = timed(run.device, partial(art.jacobians.jacobian_gram_estimate, MODEL, LINE, onehot))
         rec[f"{key}_s"] = seconds
         rec[f"{key}_tflop_per_s"] = rec[f"{key}_flop"] / seconds / 1e12
         peaks += [peak] if peak is not None else []
@@ -370,23 +374,34 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def imported_distributions() -> dict[str, Any]:
+    """The distributions this run needs beyond the device image (imported by anything but the image's own
+    packages) and each imported distribution's importers; empty when not started through ``gpu_run.sh``."""
+    recorder = imports.current()
+    if recorder is None:
+        return {}
+    needed, importers = recorder.needed(DEVICE_HAS)
+    return {"needed": needed, "importers": importers}
+
+
 def targets(run: Run) -> None:
     """Each target beside what was measured (not judged on a dry run: its sizes are not real)."""
     recs = run.records
     fp32 = recs.get("all_knockdowns_fp32", {})
-    peaks = [r.get("peak_gpu_bytes") for n, r in recs.items() if n.startswith("all_knockdowns") or n == "suite"]
-    peaks = [p for p in peaks if p is not None]
+    peaks = [int(r["peak_gpu_bytes"]) for n, r in recs.items()
+             if (n.startswith("all_knockdowns") or n == "suite") and r.get("peak_gpu_bytes") is not None]
     diffs = {p: recs.get(f"all_knockdowns_{p}", {}).get("gram_routing_r_diff_vs_fp32", {}).get("pearson")
              for p in ("tf32", "bf16")}
     measured = {"all_knockdowns_exact_s": fp32.get("exact_all_knockdowns_s"), "suite_s": recs.get("suite", {}).get(
         "total_s") if recs.get("suite", {}).get("complete") else None, "peak_gpu_bytes": max(peaks) if peaks else None,
-        "routing_r_vs_fp32": max((d for d in diffs.values() if d is not None), default=None)}
+        "routing_r_vs_fp32": max((float(d) for d in diffs.values() if d is not None), default=None)}
     table = {}
     for key, target in TARGETS.items():
         value = measured[key]
         met = None if run.dry_run or value is None else bool(value <= target)
         table[key] = {"target": target, "measured": value, "met": met}
-    run.record("env", targets=table, routing_r_diff_pearson=diffs, total_s=time.monotonic() - run.start)
+    run.record("env", targets=table, routing_r_diff_pearson=diffs, total_s=time.monotonic() - run.start,
+               imported_distributions=imported_distributions())
 
 
 def main(argv: list[str] | None = None) -> None:

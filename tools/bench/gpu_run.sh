@@ -6,7 +6,7 @@
 # Here, without a GPU (tests/test_gpu_run.py):
 #     PYTHON=.venv/bin/python bash tools/bench/gpu_run.sh --dry-run
 #
-# The bundle's wheels that this Python lacks are installed, offline, into a temporary folder put first on the
+# tools.bench.imports records who imports what (the bundle check). The bundle's wheels that this Python lacks are installed, offline, into a temporary folder put first on the
 # module path, so the machine's own PyTorch with CUDA is used; without a bundle the installed packages are used.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -28,4 +28,4 @@ fi
 left=$(( LIMIT_S - ($(date +%s) - start) ))
 budget=$(( left - 30 ))             # stages stop starting 30 s before the limit
 export PYTHONUNBUFFERED=1
-exec timeout "$left" "$PY" -m tools.bench.gpu_run --budget-s "$budget" "$@"
+exec timeout "$left" "$PY" -m tools.bench.imports tools.bench.gpu_run --budget-s "$budget" "$@"
