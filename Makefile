@@ -11,7 +11,7 @@ ALLURE_RESULTS := reports/allure-results
 ALLURE_HISTORY := reports/allure-history.jsonl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: demo test report browser lint world bench schema clean-reports scale-world bench-suite
+.PHONY: demo test report browser lint world bench schema clean-reports scale-world bench-suite gpu-bundle
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,9 +70,13 @@ bench: $(STAMP)
 scale-world: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m tools.demo.scale --out worlds/scale
 
-## make bench-suite: every paper claim on worlds/scale, per probe: time, peak memory, knockdowns (CPU: claims 1-4 on all knockdowns, claim 5 sketched on subsets and extrapolated); writes reports/bench/suite.json
+## make bench-suite: the whole paper suite end to end on worlds/scale (all 2,023 knockdowns, controls, artifacts shared), pytest-xdist on both cores; time per claim, wall, peak RSS, load, FLOPs floor -> reports/bench/suite_e2e.json (BENCH_SIZE=small: a small world, about a minute)
 bench-suite: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m tools.bench.suite_bench --world worlds/scale $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m tools.bench.suite_e2e --size $(or $(BENCH_SIZE),real) $(BENCH_ARGS)
+
+## make gpu-bundle: the wheels a bare GPU machine lacks (Python 3.12, manylinux) and this project's wheel, in .gpu-bundle/ (within the 64 MiB that travels); then run `bash tools/bench/gpu_run.sh` there with .gpu-bundle carried
+gpu-bundle: $(STAMP)
+	$(BIN)/python -m tools.bench.gpu_bundle --out .gpu-bundle
 
 ## make schema: regenerate hypothesis.schema.json (editor completion) and docs/probes.md (the probe reference)
 schema: $(STAMP)

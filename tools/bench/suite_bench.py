@@ -259,7 +259,7 @@ def original_vs_engine(config_path: Path, kds: int, rows: int | None, threads: i
 def _spawn(args: argparse.Namespace, claim: Path, config_path: Path, keep: int | None, mode: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         result_path = Path(fh.name)
-    cmd = [sys.executable, "-m", "bench.suite_bench", "--child", str(claim), "--config", str(config_path),
+    cmd = [sys.executable, "-m", "tools.bench.suite_bench", "--child", str(claim), "--config", str(config_path),
            "--mode", mode, "--keep", "all" if keep is None else str(keep), "--threads", str(args.threads),
            "--result", str(result_path)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HYPOCHECK_THREADS": str(args.threads)}
