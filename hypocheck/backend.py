@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .cases import Case
-from .errors import HypocheckError, UnknownNameError
+from .errors import HypocheckError, NotApplicableError, UnknownNameError
 from .inputs import InputRecord
+from .registry import ProbeResult
 
 ENTRY_POINT_GROUP = "hypocheck.backends"
 DEFAULT_BACKEND = "suite"
@@ -71,6 +72,15 @@ class SchedulingBackend(Protocol):
 
     def schedule(self, case: Case) -> tuple[float, str]:
         ...
+
+
+def prepare(context: ProbeContext, case: Case) -> InputRecord | Mapping[str, Any] | ProbeResult:
+    """The case's inputs from ``context``; when the backend finds the probe not applicable to the model (it lacks
+    what the probe assumes: ``NotApplicableError``), instead the probe's inconclusive result with the reason."""
+    try:
+        return context.prepare(case)
+    except NotApplicableError as exc:
+        return case.probe.not_applicable(exc.message)
 
 
 def backend_factory(name: str) -> Any:

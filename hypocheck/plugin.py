@@ -29,13 +29,22 @@ import numpy as np
 import pytest
 
 from . import hookspecs, progress, reporters
-from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, SchedulingBackend, backend_factory
+from .backend import (
+    DEFAULT_BACKEND,
+    Backend,
+    ProbeContext,
+    RunOptions,
+    SchedulingBackend,
+    backend_factory,
+    prepare,
+)
 from .baseline import case_fingerprints
 from .cases import Case, expand
 from .controls import with_controls
 from .decisions import case_outcome, judge, with_inputs
 from .errors import HypocheckError, HypothesisFileError, Location
 from .records import CaseVerdict, error_verdict
+from .registry import ProbeResult
 from .runsummary import (
     BASELINE_KEY,
     EMPTY_DIRS_KEY,
@@ -457,9 +466,10 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
     case = item.case
     try:
         with progress.stage("inputs"):
-            inputs = hypocheck_context.prepare(case)
+            inputs = prepare(hypocheck_context, case)
         with progress.stage(f"probe {case.probe.name}"):
-            result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
+            result = inputs if isinstance(inputs, ProbeResult) else case.probe.run(
+                inputs, params=case.params, rng=np.random.default_rng(case.seed))
         with progress.stage("verdict and controls"):
             judged = with_inputs(judge(case, result), inputs)  # how the inputs were computed, what they measure
             verdict = with_controls(case, judged, hypocheck_context)
@@ -476,7 +486,7 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
         verdict = dataclasses.replace(verdict, fingerprints=case_fingerprints(values, env))
     item.user_properties.append((RECORD_KEY, verdict.to_json()))
     item.config.hook.pytest_hypocheck_case_judged(config=item.config, case=case, verdict=verdict, result=result,
-                                                  inputs=inputs)
+                                                  inputs=None if inputs is result else inputs)
     _conclude(case, verdict)
 
 
