@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from .cases import Case
 from .errors import HypocheckError, NotApplicableError, UnknownNameError
 from .inputs import InputRecord
@@ -74,13 +76,34 @@ class SchedulingBackend(Protocol):
         ...
 
 
-def prepare(context: ProbeContext, case: Case) -> InputRecord | Mapping[str, Any] | ProbeResult:
-    """The case's inputs from ``context``; when the backend finds the probe not applicable to the model (it lacks
-    what the probe assumes: ``NotApplicableError``), instead the probe's inconclusive result with the reason."""
+def run_probe(context: ProbeContext, case: Case) -> tuple[ProbeResult, InputRecord | Mapping[str, Any] | None]:
+    """The case's probe on its inputs from ``context``, and those inputs. When the case's model cannot have them
+    (it lacks what the probe assumes: ``NotApplicableError``), the probe's inconclusive result with the reason and
+    no inputs: not an error of the run."""
     try:
-        return context.prepare(case)
+        inputs = context.prepare(case)
     except NotApplicableError as exc:
-        return case.probe.not_applicable(exc.message)
+        return case.probe.not_applicable(exc.message), None
+    return case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed)), inputs
+
+
+@runtime_checkable
+class Resamplable(Protocol):
+    """An optional context capability: the same context with its sampled inputs (the control cells a case runs
+    on) drawn again, for verdict stability. Sample 0 is the context's own."""
+
+    def resampled(self, sample: int) -> tuple[ProbeContext, str]:
+        """The context of sample ``sample`` and its label (e.g. ``control_sentence.seed=43``)."""
+        ...
+
+
+@runtime_checkable
+class SuiteDefaults(Protocol):
+    """An optional backend capability: hypothesis settings the whole suite applies where a hypothesis sets none
+    (``references``, ``stability``)."""
+
+    def hypothesis_defaults(self) -> Mapping[str, Any]:
+        ...
 
 
 def backend_factory(name: str) -> Any:

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from .backend import ProbeContext, prepare
+from .backend import ProbeContext, run_probe
 from .cases import Case
 from .decisions import judge, with_control_outcomes
 from .models import CONTROL_KINDS
 from .records import CaseVerdict
-from .registry import ProbeResult
 
 __all__ = ["CONTROL_KINDS", "control_case", "with_controls"]
 
@@ -40,8 +37,5 @@ def with_controls(case: Case, verdict: CaseVerdict, context: ProbeContext) -> Ca
     judged: dict[str, CaseVerdict] = {}
     for kind in case.hypothesis.controls:
         twin = control_case(case, kind)
-        inputs = prepare(context, twin)
-        result = inputs if isinstance(inputs, ProbeResult) else case.probe.run(
-            inputs, params=twin.params, rng=np.random.default_rng(twin.seed))
-        judged[kind] = judge(twin, result)
+        judged[kind] = judge(twin, run_probe(context, twin)[0])
     return with_control_outcomes(verdict, judged)

@@ -100,9 +100,6 @@ class ProbeError(HypocheckError):
     """A probe was given inputs it cannot work with."""
 
 
-class NotApplicableError(ProbeError):
-    """A probe or control assumes what this model does not have (backbone layers, one-hot perturbations): the case
-    is *inconclusive* with this reason, not an error of the run."""
-
-    def __init__(self, message: str, location: Location | None = None, hint: str | None = None):
-        super().__init__(f"not applicable: {message}", location, hint)
+class NotApplicableError(HypocheckError):
+    """A case's inputs cannot exist for this model or arm (the observed data has no Jacobian, a mean baseline no
+    backbone layer, a dense perturbation map no one-hot): the case or arm is *not applicable*, never an error."""

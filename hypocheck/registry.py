@@ -149,7 +149,7 @@ class ProbeSpec:
 
     def not_applicable(self, reason: str) -> ProbeResult:
         """The result of a case this probe cannot run on its model (every metric NaN): inconclusive, ``reason``."""
-        return ProbeResult(metrics=dict.fromkeys(self.metrics, math.nan), inconclusive=reason)
+        return ProbeResult(metrics=dict.fromkeys(self.metrics, math.nan), inconclusive=f"not applicable: {reason}")
 
     def run(self, inputs: InputRecord | Mapping[str, Any], *, params: pydantic.BaseModel,
             rng: np.random.Generator) -> ProbeResult:

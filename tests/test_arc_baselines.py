@@ -108,7 +108,7 @@ def test_context_mean_predicts_each_lines_perturbed_mean(runs: dict[str, Path], 
         assert "predicting for " + line in bound.describe()
     with pytest.raises(ProbeError, match=r"predicts per cell line \(hepg2, jurkat\) and was asked without one"):
         adapter.forward_from_repr(adapter.onehot(["RPL4"]), basal, batch)
-    with pytest.raises(NotApplicableError, match=r"^not applicable: model cm \(context_mean\) was not trained on "
+    with pytest.raises(NotApplicableError, match=r"^model cm \(context_mean\) was not trained on "
                                                  r"cell line 'k562' and has no mean for it \(it has: hepg2, jurkat\)"):
         adapter.for_cell_line("k562")
 
@@ -136,7 +136,7 @@ def test_what_a_baseline_lacks_is_not_applicable(name: str, runs: dict[str, Path
     r = adapter.encode_perturbation(adapter.onehot(["RPL4"]))
     with pytest.raises(NotApplicableError) as err:
         adapter.layer_activations(r, basal, batch, 1)
-    assert str(err.value) == f"not applicable: model {name} ({name}) has no backbone layers"
+    assert str(err.value) == f"model {name} ({name}) has no backbone layers"
     with pytest.raises(UnknownNameError, match="unknown perturbation 'RPL44'"):
         adapter.onehot(["RPL44"])
 
