@@ -11,7 +11,7 @@ ALLURE_RESULTS := reports/allure-results
 ALLURE_HISTORY := reports/allure-history.jsonl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: demo test report browser lint world bench schema clean-reports scale-world bench-suite gpu-bundle
+.PHONY: demo test report browser lint world baselines bench schema clean-reports scale-world bench-suite gpu-bundle
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ lint: $(STAMP)
 ## make world: regenerate the demo world and retrain its models (deterministic)
 world: $(STAMP)
 	$(BIN)/python -m tools.demo.build
+
+## make baselines: retrain the demo world's arc-state baselines (perturb_mean, context_mean, embed_sum) with `state tx train` into tools/demo/runs (about 3 minutes)
+baselines: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m tools.demo.baselines
 
 ## make bench: probe timings on the demo world, the Jacobian engine vs the original method at real sizes, sketched vs exact Jacobian Grams
 bench: $(STAMP)

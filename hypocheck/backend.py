@@ -15,9 +15,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from .cases import Case
-from .errors import HypocheckError, UnknownNameError
+from .errors import HypocheckError, NotApplicableError, UnknownNameError
 from .inputs import InputRecord
+from .registry import ProbeResult
 
 ENTRY_POINT_GROUP = "hypocheck.backends"
 DEFAULT_BACKEND = "suite"
@@ -71,6 +74,17 @@ class SchedulingBackend(Protocol):
 
     def schedule(self, case: Case) -> tuple[float, str]:
         ...
+
+
+def run_probe(context: ProbeContext, case: Case) -> tuple[ProbeResult, InputRecord | Mapping[str, Any] | None]:
+    """The case's probe on its inputs from ``context``, and those inputs. When the case's model cannot have them
+    (it lacks what the probe assumes: ``NotApplicableError``), the probe's inconclusive result with the reason and
+    no inputs: not an error of the run."""
+    try:
+        inputs = context.prepare(case)
+    except NotApplicableError as exc:
+        return case.probe.not_applicable(exc.message), None
+    return case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed)), inputs
 
 
 @runtime_checkable

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from .backend import ProbeContext
+from .backend import ProbeContext, run_probe
 from .cases import Case
 from .decisions import judge, with_control_outcomes
 from .models import CONTROL_KINDS
@@ -39,6 +37,5 @@ def with_controls(case: Case, verdict: CaseVerdict, context: ProbeContext) -> Ca
     judged: dict[str, CaseVerdict] = {}
     for kind in case.hypothesis.controls:
         twin = control_case(case, kind)
-        result = case.probe.run(context.prepare(twin), params=twin.params, rng=np.random.default_rng(twin.seed))
-        judged[kind] = judge(twin, result)
+        judged[kind] = judge(twin, run_probe(context, twin)[0])
     return with_control_outcomes(verdict, judged)

@@ -322,7 +322,8 @@ def with_control_outcomes(verdict: CaseVerdict, controls: Mapping[str, CaseVerdi
         if strong:
             notes.append(f"not specific to training: the claim holds as strongly on the {kind} control "
                          f"({verdict.effect_metric} {judged.effect:.3g} vs {verdict.effect:.3g})")
-    outcomes = {kind: ControlOutcome(c.verdict, c.effect, c.ci, c.p) for kind, c in controls.items()}
+    outcomes = {kind: ControlOutcome(c.verdict, c.effect, c.ci, c.p, c.reason if c.verdict == "inconclusive" else "")
+                for kind, c in controls.items()}
     return replace(verdict, controls=outcomes, specific_to_training=specific, notes=tuple(notes))
 
 

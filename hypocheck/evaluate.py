@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from . import progress
-from .backend import ProbeContext
+from .backend import ProbeContext, run_probe
 from .cases import Case
 from .controls import with_controls
 from .decisions import judge, with_inputs
@@ -20,11 +18,11 @@ from .stability import with_samples
 
 
 def evaluate_case(case: Case, context: ProbeContext) -> tuple[CaseVerdict, ProbeResult, Any]:
-    """The case's verdict, the probe's live result and the inputs it ran on; each step under a progress stage."""
-    with progress.stage("inputs"):
-        inputs = context.prepare(case)
-    with progress.stage(f"probe {case.probe.name}"):
-        result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
+    """The case's verdict, the probe's live result and the inputs it ran on (``None`` when the probe is not
+    applicable to the case's model: then the result is inconclusive with the reason); each step under a progress
+    stage."""
+    with progress.stage(f"inputs and probe {case.probe.name}"):
+        result, inputs = run_probe(context, case)  # inconclusive, no inputs, where the model cannot have them
     with progress.stage("reference arms"):
         references = run_references(case, context)
     with progress.stage("verdict and controls"):

@@ -51,7 +51,8 @@ def pytest_hypocheck_case_judged(config: pytest.Config, case: Case, verdict: Cas
     """A case was judged, on the process that ran it (an xdist worker under ``-n``), inside its test item.
 
     ``verdict`` is final (controls included); ``result`` is the probe's live result and ``inputs`` what the
-    backend prepared for it. Not called for a case whose probe or model raised (its record, an error, reaches
+    backend prepared for it (``None`` when the probe was not applicable to the model). Not called for a case
+    whose probe or model raised (its record, an error, reaches
     ``pytest_hypocheck_case_recorded``). Allure's per-case results and the plots are written here.
     """
 

@@ -98,19 +98,21 @@ class NullSummary:
 
 @dataclass(frozen=True)
 class ControlOutcome:
-    """The same case judged on one control model: its verdict, effect, CI and p."""
+    """The same case judged on one control model: its verdict, effect, CI and p, and why when inconclusive (a
+    control that cannot exist for the model, e.g. shuffled one-hots of a dense perturbation map)."""
 
     verdict: CaseOutcome
     effect: float | None
     ci: tuple[float | None, float | None]
     p: float | None
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ControlOutcome:
-        return cls(data["verdict"], data.get("effect"), _ci(data.get("ci")), data.get("p"))
+        return cls(data["verdict"], data.get("effect"), _ci(data.get("ci")), data.get("p"), data.get("reason", ""))
 
 
 ReferenceVerdict = Literal["pass", "fail", "inconclusive", "error", "not applicable"]

@@ -29,6 +29,7 @@ names a module whose import registers probes (this distribution's is
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -145,6 +146,10 @@ class ProbeSpec:
     def input_arrays(self) -> tuple[str, ...]:
         """The arrays the probe function takes (its keyword arguments other than ``params`` and ``rng``)."""
         return _keyword_inputs(self.fn)
+
+    def not_applicable(self, reason: str) -> ProbeResult:
+        """The result of a case this probe cannot run on its model (every metric NaN): inconclusive, ``reason``."""
+        return ProbeResult(metrics=dict.fromkeys(self.metrics, math.nan), inconclusive=f"not applicable: {reason}")
 
     def run(self, inputs: InputRecord | Mapping[str, Any], *, params: pydantic.BaseModel,
             rng: np.random.Generator) -> ProbeResult:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
-from .backend import ProbeContext, Resamplable
+from .backend import ProbeContext, Resamplable, run_probe
 from .cases import Case
 from .decisions import judge, stability_of, with_stability
 from .errors import HypocheckError
@@ -32,7 +30,7 @@ def with_samples(case: Case, verdict: CaseVerdict, context: ProbeContext,
     labels, verdicts = [context.resampled(0)[1]], [verdict]
     for sample in range(1, n):
         other, label = context.resampled(sample)
-        result = case.probe.run(other.prepare(case), params=case.params, rng=np.random.default_rng(case.seed))
+        result, _ = run_probe(other, case)
         labels.append(label)
         verdicts.append(judge(case, result, references))
     return with_stability(verdict, stability_of(labels, verdicts))
