@@ -192,6 +192,18 @@ def description_html(case: Case, verdict: CaseVerdict) -> str:
         rows.append((f"on the {html.escape(kind)} control",
                      f"{html.escape(control.verdict.upper())}, {html.escape(str(verdict.effect_metric))} = "
                      f"{_fmt(control.effect)} (95% CI [{_fmt(control.ci[0])}, {_fmt(control.ci[1])}])"))
+    for arm, ref in verdict.references.items():
+        shown = (f"not applicable: {html.escape(ref.reason)}" if ref.verdict == "not applicable" else
+                 f"{html.escape(ref.verdict.upper())}, {html.escape(str(verdict.effect_metric))} = {_fmt(ref.effect)} "
+                 f"(95% CI [{_fmt(ref.ci[0])}, {_fmt(ref.ci[1])}])"
+                 + (f"; measured: {html.escape(str(ref.measured['features']))}" if ref.measured.get("features")
+                    else ""))
+        rows.append((f"reference arm: {html.escape(arm)}", shown))
+    if verdict.stability is not None:
+        stab = verdict.stability
+        detail = ", ".join(f"{html.escape(s)}: {v} ({_fmt(e)})" for s, v, e in
+                           zip(stab.samples, stab.verdicts, stab.effects, strict=True))
+        rows.append(("stability", f"<b>{html.escape(stab.text)}</b> — {detail}"))
     if verdict.specific_to_training is False:
         rows.append(("specific to training", "<b>NO</b>: the claim holds as strongly on a control model"))
     if verdict.truth is not None:
@@ -227,6 +239,8 @@ def report_case(case: Case, verdict: CaseVerdict, result: ProbeResult) -> None:
     if verdict.truth is not None:
         allure.dynamic.tag(f"planted truth {verdict.truth}")
         allure.dynamic.label("planted_truth", verdict.truth)
+    if verdict.stability is not None:
+        allure.dynamic.tag("fragile" if verdict.stability.fragile else "stable")
     payload = {k: v for k, v in verdict.to_json().items() if k not in {"claim", "location", "source"}}
     payload["cis"] = {k: list(v) for k, v in result.cis.items()}
     allure.attach(json.dumps(payload, indent=2, sort_keys=True), name="metrics",
@@ -291,6 +305,14 @@ def environment_properties(environment: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def allure_environment(run: RunRecord) -> dict[str, Any]:
+    """The run's environment plus, against a baseline, which baseline and the checkpoints whose fingerprint
+    changed (both fingerprints), so Allure's Environment panel says what the run was compared with."""
+    if run.drift is None:
+        return dict(run.environment)
+    return {**run.environment, "baseline": {"name": run.drift.baseline, "changed": run.drift.checkpoints}}
+
+
 def write_run_metadata(directory: Path, environment: Mapping[str, Any]) -> None:
     """``categories.json`` and ``environment.properties`` in the Allure results folder."""
     atomic_write_text(directory / "categories.json", json.dumps(CATEGORIES, indent=2) + "\n")
@@ -331,7 +353,7 @@ class AllureReporter:
         report_case(case, verdict, result)
 
     def pytest_hypocheck_run_finished(self, config: pytest.Config, run: RunRecord) -> None:
-        write_run_metadata(self.directory, run.environment)
+        write_run_metadata(self.directory, allure_environment(run))
         if run.drift is not None:
             for case_id, nodeid in run.drift.gone_nodeids.items():
                 write_gone_result(self.directory, case_id, f"case gone since baseline {run.drift.baseline}",

@@ -73,6 +73,25 @@ class SchedulingBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class Resamplable(Protocol):
+    """An optional context capability: the same context with its sampled inputs (the control cells a case runs
+    on) drawn again, for verdict stability. Sample 0 is the context's own."""
+
+    def resampled(self, sample: int) -> tuple[ProbeContext, str]:
+        """The context of sample ``sample`` and its label (e.g. ``control_sentence.seed=43``)."""
+        ...
+
+
+@runtime_checkable
+class SuiteDefaults(Protocol):
+    """An optional backend capability: hypothesis settings the whole suite applies where a hypothesis sets none
+    (``references``, ``stability``)."""
+
+    def hypothesis_defaults(self) -> Mapping[str, Any]:
+        ...
+
+
 def backend_factory(name: str) -> Any:
     """The factory registered as ``name`` in the ``hypocheck.backends`` entry-point group."""
     entries = {e.name: e for e in metadata.entry_points(group=ENTRY_POINT_GROUP)}

@@ -12,9 +12,9 @@ import pydantic
 
 from .errors import HypothesisFileError, Location, UnknownNameError
 from .expect import Expectation, literal_bounds, upper_p_bounds
-from .models import ModelRef
+from .models import DATA_ARM, ModelRef
 from .registry import ProbeSpec, get_probe, registered_probes
-from .schema import Hypothesis, Verdict
+from .schema import Hypothesis, Stability, Verdict
 from .stats import derive_seed
 from .yamlsource import KeyPath, SourceDoc
 
@@ -85,6 +85,17 @@ class Case:
     def effect_metric(self) -> str:
         return self.hypothesis.effect or self.probe.effect
 
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The reference arms this case runs beside its model (its own model, when listed, left out)."""
+        own = str(self.model.trained) if self.model is not None else None
+        return tuple(arm for arm in self.hypothesis.references or () if arm != own)
+
+    @property
+    def stability_samples(self) -> int:
+        """How many control samples the case runs on (1: only its own)."""
+        return self.hypothesis.stability.seeds if self.hypothesis.stability is not None else 1
+
 
 def _matches(key: str, axes: Mapping[str, Any]) -> int | None:
     """How many axis values a 'a/b' key names, or None when one of them is not this case's."""
@@ -149,6 +160,58 @@ def _validated(model: type[pydantic.BaseModel], data: Mapping[str, Any], section
         raise HypothesisFileError(f"{label} {name!r}: {err['msg']}", doc.locate(loc)) from None
 
 
+REFERENCES_PREFIX = "references."
+"""How an expectation names a reference arm's metric: ``references.<arm>.<metric>``."""
+MIN_EFFECT_NAME = "min_effect"
+"""How an expectation names the case's minimum effect of interest (its own, else the probe's)."""
+
+
+def _check_references(hyp: Hypothesis, doc: SourceDoc, base: KeyPath, vocabulary: Mapping[str, Sequence[str]]) -> None:
+    """Each reference arm is ``data`` or a model of the suite, and the cases have a ``model`` axis to run it beside."""
+    if not hyp.references:
+        return
+    if "model" not in hyp.cases:
+        raise HypothesisFileError("references need a 'model' axis: each case runs again on each reference arm",
+                                  doc.locate((*base, "references")))
+    valid = [DATA_ARM, *(str(m) for m in vocabulary.get("model", []) if ModelRef.parse(str(m)).arm is None)]
+    for i, arm in enumerate(hyp.references):
+        if arm not in valid:
+            raise UnknownNameError("reference arm ('data' or a model of the suite)", arm, valid,
+                                   doc.locate((*base, "references", i)))
+    if len(set(hyp.references)) != len(hyp.references):
+        raise HypothesisFileError(f"references repeat an arm: {hyp.references}", doc.locate((*base, "references")))
+
+
+def _check_expectation_name(name: str, hyp: Hypothesis, spec: ProbeSpec, produced: set[str],
+                            where: Location) -> None:
+    """A name an expectation uses: a metric of the probe, ``references.<arm>.<metric>`` of a listed arm, or
+    ``min_effect`` (when the hypothesis or probe has one)."""
+    if name == MIN_EFFECT_NAME:
+        if hyp.min_effect is None and spec.min_effect is None:
+            raise HypothesisFileError(f"'min_effect': probe {spec.name!r} declares no minimum effect of interest",
+                                      where, "set one with 'min_effect:' in the hypothesis")
+        return
+    if name.startswith(REFERENCES_PREFIX):
+        arm, _, metric = name.removeprefix(REFERENCES_PREFIX).partition(".")
+        if arm not in (hyp.references or []):
+            raise UnknownNameError("reference arm (list it under 'references:')", arm, hyp.references or [], where)
+        name = metric
+    if name not in produced:
+        raise UnknownNameError(f"metric (probe {spec.name!r} reports {', '.join(spec.metrics)})", name, produced,
+                               where)
+
+
+def with_suite_defaults(hyp: Hypothesis, defaults: Mapping[str, Any]) -> Hypothesis:
+    """``hyp`` with the suite's ``references:`` and ``stability:`` where it sets none (references only where its
+    cases have a ``model`` axis to run them beside)."""
+    update: dict[str, Any] = {}
+    if hyp.references is None and defaults.get("references") and "model" in hyp.cases:
+        update["references"] = list(defaults["references"])
+    if hyp.stability is None and defaults.get("stability"):
+        update["stability"] = Stability.model_validate(defaults["stability"])
+    return hyp.model_copy(update=update) if update else hyp
+
+
 def _absence_margin(hyp: Hypothesis, spec: ProbeSpec, doc: SourceDoc, base: KeyPath) -> float | None:
     """A claim of absence's margin (its own, else its ``min_effect:``, else the probe's); ``None`` for presence."""
     if not hyp.absence:
@@ -188,6 +251,7 @@ def expand(
         if "model" not in hyp.cases:
             raise HypothesisFileError("controls need a 'model' axis: each case runs again on its model's controls",
                                       doc.locate((*base, "controls")))
+    _check_references(hyp, doc, base, vocabulary)
     for axis, values in hyp.cases.items():
         if axis not in vocabulary:
             raise UnknownNameError("axis", axis, vocabulary, doc.locate((*base, "cases", axis), at_key=True))
@@ -206,11 +270,7 @@ def expand(
     produced = spec.metric_names()
     for i, exp in enumerate(expectations):
         for metric in exp.metrics_used():
-            if metric not in produced:
-                raise UnknownNameError(
-                    f"metric (probe {spec.name!r} reports {', '.join(spec.metrics)})",
-                    metric, produced, doc.locate((*base, "expect", i)),
-                )
+            _check_expectation_name(metric, hyp, spec, produced, doc.locate((*base, "expect", i)))
         for metric, (low, high) in literal_bounds(exp).items():
             if spec.kind_of(metric) == "p" and (low > 1 or high < 0):
                 raise HypothesisFileError(

@@ -42,7 +42,7 @@ from typing import Literal
 
 import numpy as np
 
-from .cases import Case
+from .cases import MIN_EFFECT_NAME, REFERENCES_PREFIX, Case
 from .expect import upper_p_bounds
 from .records import (
     OUTCOMES,
@@ -53,7 +53,9 @@ from .records import (
     ControlOutcome,
     NullSummary,
     PValue,
+    ReferenceOutcome,
     RunRecord,
+    Stability,
 )
 from .registry import ProbeResult
 
@@ -86,8 +88,27 @@ def metric_kinds(case: Case, names: Iterable[str]) -> dict[str, str]:
     return {name: str(case.probe.kind_of(name)) for name in names}
 
 
-def judge(case: Case, result: ProbeResult) -> CaseVerdict:
-    """Evaluate every expectation; any undecidable check or a probe's own reason makes it inconclusive."""
+def expectation_names(case: Case, references: Mapping[str, ReferenceOutcome]) -> dict[str, float]:
+    """The values of the names an expectation may use besides the probe's metrics: ``min_effect`` and
+    ``references.<arm>.<metric>`` (NaN for an arm that did not run or is not applicable: undecidable)."""
+    names: dict[str, float] = {}
+    floor = case.hypothesis.min_effect if case.hypothesis.min_effect is not None else case.probe.min_effect
+    if floor is not None:
+        names[MIN_EFFECT_NAME] = float(floor)
+    for exp in case.expectations:
+        for name in exp.metrics_used():
+            if name.startswith(REFERENCES_PREFIX):
+                arm, _, metric = name.removeprefix(REFERENCES_PREFIX).partition(".")
+                value = references[arm].metrics.get(metric) if arm in references else None
+                names[name] = math.nan if value is None else float(value)
+    return names
+
+
+def judge(case: Case, result: ProbeResult, references: Mapping[str, ReferenceOutcome] | None = None) -> CaseVerdict:
+    """Evaluate every expectation; any undecidable check or a probe's own reason makes it inconclusive.
+
+    ``references`` are the case's reference arms, already judged: expectations may name their metrics."""
+    references = dict(references or {})
     metrics = flat_metrics(result)
     missing = sorted(set(case.probe.metrics) - set(metrics))
     if missing:
@@ -99,7 +120,7 @@ def judge(case: Case, result: ProbeResult) -> CaseVerdict:
     unreachable: list[str] = []
     for exp in case.expectations:
         bounds = {k: v for k, v in upper_p_bounds(exp, case.probe.p, alpha).items() if k in case.p_metrics}
-        seen = dict(metrics)
+        seen = {**metrics, **expectation_names(case, references)}
         for metric, bound in bounds.items():
             raw = metrics.get(metric, math.nan)
             adjusted = min(1.0, raw * m) if math.isfinite(raw) else math.nan
@@ -187,7 +208,33 @@ def judge(case: Case, result: ProbeResult) -> CaseVerdict:
         metric_kinds=kinds,
         claim_kind="absence" if case.margin is not None else "presence",
         margin=case.margin,
+        references=references,
     )
+
+
+def reference_outcome(verdict: CaseVerdict) -> ReferenceOutcome:
+    """A reference arm's judged case, as the model's case records it."""
+    return ReferenceOutcome(verdict.verdict, verdict.effect, verdict.ci, verdict.p, dict(verdict.metrics),
+                            verdict.reason, dict(verdict.measured))
+
+
+def not_applicable(reason: str) -> ReferenceOutcome:
+    """A reference arm on which the case's inputs cannot exist (its metrics undecidable)."""
+    return ReferenceOutcome("not applicable", reason=reason)
+
+
+def stability_of(samples: Sequence[str], verdicts: Sequence[CaseVerdict]) -> Stability:
+    """How many of a case's control samples give its own verdict (the first sample's); fragile when any differs."""
+    outcomes = tuple(v.verdict for v in verdicts)
+    agree = sum(v == outcomes[0] for v in outcomes)
+    return Stability(tuple(samples), outcomes, tuple(v.effect for v in verdicts), agree, agree < len(outcomes))
+
+
+def with_stability(verdict: CaseVerdict, stability: Stability) -> CaseVerdict:
+    """``verdict`` with its stability over control samples, and a note when it is fragile."""
+    notes = (*verdict.notes, f"{stability.text}: the verdict depends on which control cells were sampled"
+             ) if stability.fragile else tuple(verdict.notes)
+    return replace(verdict, stability=stability, notes=notes)
 
 
 def with_inputs(verdict: CaseVerdict, inputs: object) -> CaseVerdict:

@@ -98,3 +98,8 @@ class ConfigError(HypocheckError):
 
 class ProbeError(HypocheckError):
     """A probe was given inputs it cannot work with."""
+
+
+class NotApplicableError(HypocheckError):
+    """A case's inputs cannot exist for this model or arm (the observed data has no Jacobian, a mean baseline no
+    backbone layer, a dense perturbation map no one-hot): the case or arm is *not applicable*, never an error."""

@@ -8,11 +8,14 @@ Grammar (one expectation per string)::
     pearson in [0.05, 0.3]                  closed range
     pearson ~= 0.119 +- 0.05                approx, absolute tolerance (also ≈ and ±)
     pearson ~= 0.119 +- 10%                 approx, relative tolerance
+    delta > references.perturb_mean.delta + min_effect
+                                            sums and differences of names and numbers
     significant                             the probe's p-value below the hypothesis alpha
     significant at 0.01                     … below a given alpha
 
-Operands are metric names or numbers. A failed check explains itself with the
-measured values, e.g. ``z > 2 failed: z = 1.37``.
+Operands are metric names, numbers, or sums and differences of them; a name is a metric of the probe,
+``references.<arm>.<metric>`` (the same metric on a reference arm) or ``min_effect``. A failed check
+explains itself with the measured values, e.g. ``z > 2 failed: z = 1.37``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .errors import ExpectationSyntaxError, UnknownNameError
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
-    r"|(?P<op><=|>=|==|!=|~=|\+-|[<>≈±%\[\],]))"
+    r"|(?P<op><=|>=|==|!=|~=|\+-|[-+<>≈±%\[\],]))"
 )
 _COMPARATORS = {"<", "<=", ">", ">=", "==", "!="}
 _MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
@@ -35,15 +38,29 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 @dataclass(frozen=True)
 class Operand:
-    """A metric name or a literal number."""
+    """A metric name, a literal number, or a sum of signed such terms (``a + b - 0.05``)."""
 
     metric: str | None = None
     value: float | None = None
+    terms: tuple[tuple[int, Operand], ...] = ()
 
     def resolve(self, metrics: Mapping[str, float]) -> float:
+        if self.terms:
+            return sum(sign * term.resolve(metrics) for sign, term in self.terms)
         return float(metrics[self.metric]) if self.metric is not None else float(self.value)  # type: ignore[arg-type]
 
+    def names(self) -> list[str]:
+        """The metric names this operand reads."""
+        if self.terms:
+            return [name for _, term in self.terms for name in term.names()]
+        return [self.metric] if self.metric is not None else []
+
     def __str__(self) -> str:
+        if self.terms:
+            signed = [(-sign, Operand(value=-term.value)) if term.value is not None and term.value < 0 else (sign, term)
+                      for sign, term in self.terms]
+            text = " ".join(f"{'+' if sign > 0 else '-'} {term}" for sign, term in signed)
+            return text[2:] if text.startswith("+ ") else text
         return self.metric if self.metric is not None else f"{self.value:g}"
 
 
@@ -74,7 +91,7 @@ class Expectation:
         return self.tolerance * abs(self.target) if self.relative else self.tolerance
 
     def metrics_used(self) -> list[str]:
-        return [o.metric for o in self.operands if o.metric is not None]
+        return list(dict.fromkeys(name for o in self.operands for name in o.names()))
 
     def evaluate(self, metrics: Mapping[str, float], p_metric: str | None, alpha: float) -> Outcome:
         """Check against measured metrics; NaN operands make the outcome undecided."""
@@ -86,7 +103,7 @@ class Expectation:
                 return Outcome(None, f"{self.source}: {p_metric} is NaN")
             return Outcome(p < level, f"{p_metric} = {p:.4g} {'<' if p < level else '>='} alpha {level:g}")
         values = [o.resolve(metrics) for o in self.operands]
-        shown = ", ".join(f"{o.metric} = {v:.4g}" for o, v in zip(self.operands, values, strict=True) if o.metric)
+        shown = ", ".join(f"{name} = {float(metrics[name]):.4g}" for name in self.metrics_used())
         if any(math.isnan(v) for v in values):
             return Outcome(None, f"{self.source}: undecidable ({shown})")
         if self.kind == "approx":
@@ -138,6 +155,39 @@ def _operand(token: tuple[str, str], source: str) -> Operand:
     raise ExpectationSyntaxError(f"expected a metric name or a number, found {text!r} in {source!r}")
 
 
+def _term(toks: list[tuple[str, str]], i: int, source: str) -> tuple[int, Operand, int]:
+    """One signed term at ``toks[i]``: ``-x``, ``+ 2``, ``name``; its sign, operand and the next index."""
+    sign = 1
+    if i < len(toks) and toks[i] in (("op", "-"), ("op", "+")):
+        sign, i = (-1 if toks[i][1] == "-" else 1), i + 1
+    if i >= len(toks) or toks[i][0] == "op":
+        raise ExpectationSyntaxError(
+            f"incomplete expectation {source!r}: a name or number is missing "
+            + (f"before {toks[i][1]!r}" if i < len(toks) else "at the end"),
+            hint="a comparison reads 'metric > 2', '0 <= metric <= 1' or 'a > b + 0.05'")
+    return sign, _operand(toks[i], source), i + 1
+
+
+def _expression(toks: list[tuple[str, str]], i: int, source: str) -> tuple[Operand, int]:
+    """An operand at ``toks[i]``: a name or number, or a sum of them (``a + b - 0.05``); and the next index."""
+    sign, first, i = _term(toks, i, source)
+    terms = [(sign, first)]
+    while i < len(toks):
+        kind, text = toks[i]
+        if kind == "op" and text in {"+", "-"}:
+            sign, term, i = _term(toks, i, source)
+        elif kind == "num" and text[0] in "+-":  # 'a -0.05' reads as 'a - 0.05'
+            sign, term, i = 1, Operand(value=float(text)), i + 1
+        else:
+            break
+        terms.append((sign, term))
+    if len(terms) == 1 and sign > 0:
+        return first, i
+    if len(terms) == 1 and first.value is not None:
+        return Operand(value=-first.value), i
+    return Operand(terms=tuple(terms)), i
+
+
 def parse_expectation(text: str) -> Expectation:
     """Parse one expectation string (see the module docstring for the grammar)."""
     if not isinstance(text, str) or not text.strip():
@@ -173,21 +223,21 @@ def parse_expectation(text: str) -> Expectation:
             source, "approx", (_operand(toks[0], source),), target=target,
             tolerance=tol / 100 if relative else tol, relative=relative,
         )
-    operands = [_operand(toks[0], source)]
-    comparators: list[str] = []
-    rest = toks[1:]
-    if not rest or len(rest) % 2:
+    first, i = _expression(toks, 0, source)
+    operands, comparators = [first], []
+    while i < len(toks):
+        if toks[i][1] not in _COMPARATORS:
+            raise ExpectationSyntaxError(
+                f"expected a comparator (< <= > >= == !=), found {toks[i][1]!r} in {source!r}"
+            )
+        comparators.append(toks[i][1])
+        operand, i = _expression(toks, i + 1, source)
+        operands.append(operand)
+    if not comparators:
         raise ExpectationSyntaxError(
             f"incomplete expectation {source!r}", hint="a comparison reads 'metric > 2' or '0 <= metric <= 1'"
         )
-    for i in range(0, len(rest), 2):
-        if rest[i][1] not in _COMPARATORS:
-            raise ExpectationSyntaxError(
-                f"expected a comparator (< <= > >= == !=), found {rest[i][1]!r} in {source!r}"
-            )
-        comparators.append(rest[i][1])
-        operands.append(_operand(rest[i + 1], source))
-    if not any(o.metric for o in operands):
+    if not any(o.names() for o in operands):
         raise ExpectationSyntaxError(f"{source!r} compares only numbers; name a metric")
     parsed = Expectation(source, "compare", tuple(operands), tuple(comparators))
     check_satisfiable([parsed])

@@ -33,7 +33,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,4 +287,26 @@ def convergence_curve(result: ProbeResult, info: PlotInfo) -> Figure | None:
     ax.set_ylabel("metric")
     set_title(ax, info.title or "convergence with the number of cells")
     ax.legend(fontsize=8)
+    return fig
+
+
+def arms_figure(title: str, metric: str, arms: Sequence[tuple[str, float | None, tuple[float | None, float | None]]],
+                floor: float | None = None) -> Figure | None:
+    """The effect with its 95% CI on the model and on each reference arm, side by side (``None`` when no arm has
+    a finite effect besides the model); the minimum effect of interest dashed."""
+    shown = [(name, value, ci) for name, value, ci in arms if value is not None and math.isfinite(value)]
+    if len(shown) < 2:
+        return None
+    fig, ax = new_figure(1.6 + 1.1 * len(shown), 3.6)
+    for x, (_, value, (low, high)) in enumerate(shown):
+        ax.bar(x, value, color="#4878a8" if x == 0 else "#a0a0a0")
+        if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+            ax.errorbar(x, value, yerr=[[value - low], [high - value]], color="black", capsize=4)
+    if floor is not None:
+        ax.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label=f"minimum effect {floor:g}")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(shown)), [name for name, _, _ in shown], fontsize=8)
+    ax.set_ylabel(metric)
+    set_title(ax, f"{title}: the model beside the data and baselines", width=48)
     return fig

@@ -25,16 +25,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from . import hookspecs, progress, reporters
-from .backend import DEFAULT_BACKEND, Backend, ProbeContext, RunOptions, SchedulingBackend, backend_factory
+from .backend import (
+    DEFAULT_BACKEND,
+    Backend,
+    ProbeContext,
+    RunOptions,
+    SchedulingBackend,
+    SuiteDefaults,
+    backend_factory,
+)
 from .baseline import case_fingerprints
-from .cases import Case, expand
-from .controls import with_controls
-from .decisions import case_outcome, judge, with_inputs
+from .cases import Case, expand, with_suite_defaults
+from .decisions import case_outcome
 from .errors import HypocheckError, HypothesisFileError, Location
+from .evaluate import evaluate_case
 from .records import CaseVerdict, error_verdict
 from .runsummary import (
     BASELINE_KEY,
@@ -361,6 +368,7 @@ class HypothesisFileCollector(pytest.File):
         doc = load_yaml(self.path)
         backend = backend_of(self.config)
         vocabulary = backend.vocabulary()
+        defaults = backend.hypothesis_defaults() if isinstance(backend, SuiteDefaults) else {}
         seen = self.config.stash[_seen_ids]
         cases: list[Case] = []
         for hyp, base in hypotheses_from_doc(doc):
@@ -371,7 +379,7 @@ class HypothesisFileCollector(pytest.File):
                     "ids must be unique across the run",
                 )
             seen[hyp.id] = where
-            expanded = expand(hyp, doc, base, vocabulary)
+            expanded = expand(with_suite_defaults(hyp, defaults), doc, base, vocabulary)
             if expanded:
                 backend.check_case(expanded[0])  # the probe and its inputs are the same for every case
             cases += expanded
@@ -456,13 +464,7 @@ def _run_case(hypocheck_context: ProbeContext, request: pytest.FixtureRequest) -
     assert isinstance(item, CaseItem)
     case = item.case
     try:
-        with progress.stage("inputs"):
-            inputs = hypocheck_context.prepare(case)
-        with progress.stage(f"probe {case.probe.name}"):
-            result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
-        with progress.stage("verdict and controls"):
-            judged = with_inputs(judge(case, result), inputs)  # how the inputs were computed, what they measure
-            verdict = with_controls(case, judged, hypocheck_context)
+        verdict, result, inputs = evaluate_case(case, hypocheck_context)
     except Exception as exc:  # a crashing probe or model is an error of the run, not a missing case
         item.user_properties.append((ENV_KEY, dict(hypocheck_context.environment())))
         item.user_properties.append((RECORD_KEY, _error_record(case, case.case_id, exc, str(case.location),

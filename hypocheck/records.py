@@ -113,6 +113,62 @@ class ControlOutcome:
         return cls(data["verdict"], data.get("effect"), _ci(data.get("ci")), data.get("p"))
 
 
+ReferenceVerdict = Literal["pass", "fail", "inconclusive", "error", "not applicable"]
+
+
+@dataclass(frozen=True)
+class ReferenceOutcome:
+    """The same case judged on one reference arm (the observed data, or a baseline model of the suite): its
+    verdict, effect, CI, p, every metric (what ``references.<arm>.<metric>`` reads) and what it measured; or
+    *not applicable*, with why (the data have no Jacobian, a mean baseline no backbone layer)."""
+
+    verdict: ReferenceVerdict
+    effect: float | None = None
+    ci: tuple[float | None, float | None] = (None, None)
+    p: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return _json(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReferenceOutcome:
+        return cls(data["verdict"], data.get("effect"), _ci(data.get("ci")), data.get("p"),
+                   dict(data.get("metrics") or {}), str(data.get("reason", "")), dict(data.get("measured") or {}))
+
+
+@dataclass(frozen=True)
+class Stability:
+    """A case rerun on other samples of its inputs (control sentences drawn with other seeds): each sample's label,
+    verdict and effect, the first being the case's own; ``agree`` of them give the case's verdict."""
+
+    samples: tuple[str, ...]
+    verdicts: tuple[CaseOutcome, ...]
+    effects: tuple[float | None, ...]
+    agree: int
+    fragile: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return _json(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Stability:
+        return cls(tuple(data["samples"]), tuple(data["verdicts"]), tuple(data["effects"]), int(data["agree"]),
+                   bool(data["fragile"]))
+
+    @property
+    def text(self) -> str:
+        """``stable: 5 of 5 samples agree`` or ``FRAGILE: 3 of 5 samples give pass (2 fail)``."""
+        n = len(self.verdicts)
+        if not self.fragile:
+            return f"stable: {self.agree} of {n} control samples agree"
+        others = Counter(v for v in self.verdicts if v != self.verdicts[0])
+        return (f"FRAGILE: {self.agree} of {n} control samples give {self.verdicts[0]} ("
+                + ", ".join(f"{k} {v}" for k, v in others.items()) + ")")
+
+
 @dataclass(frozen=True)
 class CaseVerdict:
     """Everything a report needs about one judged case (JSON form: ``to_json`` / ``from_json``)."""
@@ -166,6 +222,10 @@ class CaseVerdict:
     """A claim of absence's margin (the effect's CI is judged against it)."""
     measured: dict[str, Any] = field(default_factory=dict)
     """What the case measured, as its inputs' provider names it (features and layer, Jacobian, lines …)."""
+    references: dict[str, ReferenceOutcome] = field(default_factory=dict)
+    """Per reference arm (``data``, a baseline model): the same case judged there, side by side with the model."""
+    stability: Stability | None = None
+    """The case rerun on other control samples (``stability:``); ``None`` when not asked."""
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)
@@ -179,6 +239,8 @@ class CaseVerdict:
         data["p_values"] = {k: PValue.from_json(v) for k, v in (data.get("p_values") or {}).items()}
         data["null"] = NullSummary.from_json(data["null"]) if data.get("null") else None
         data["controls"] = {k: ControlOutcome.from_json(v) for k, v in (data.get("controls") or {}).items()}
+        data["references"] = {k: ReferenceOutcome.from_json(v) for k, v in (data.get("references") or {}).items()}
+        data["stability"] = Stability.from_json(data["stability"]) if data.get("stability") else None
         data["notes"] = tuple(data.get("notes") or ())
         return cls(**data)
 

@@ -33,24 +33,36 @@ def _array(inputs: Any, name: str) -> np.ndarray | None:
     return None if value is None else np.asarray(value)
 
 
+def case_plots(case: Case, verdict: CaseVerdict, result: ProbeResult, inputs: Any) -> list[tuple[str, bytes | str]]:
+    """Every plot of a judged case as ``(title, png)`` (``(title, error text)`` for a plot that failed): each one
+    the probe's result suits (``hypocheck.plots``), and the model beside its reference arms when it has them."""
+    from .plots import PlotInfo, arms_figure, png_bytes, render_all
+
+    groups = result.arrays.get("groups")
+    observed = case.probe.metrics_of_kind("observed")
+    info = PlotInfo(title=f"{case.hypothesis.id} [{case.label}]" if case.axes else case.hypothesis.id,
+                    metrics=verdict.metrics, members=_array(inputs, "members"),
+                    labels=None if groups is None else tuple(str(g) for g in np.asarray(groups).ravel()),
+                    p_metric=case.probe.p, observed_metric=observed[0] if observed else None)
+    plots = list(render_all(result, info))
+    arms = [("model", verdict.effect, verdict.ci),
+            *((arm, ref.effect, ref.ci) for arm, ref in verdict.references.items())]
+    figure = arms_figure(info.title, str(verdict.effect_metric), arms, verdict.min_effect or verdict.margin)
+    if figure is not None:
+        plots.append(("beside the data and baselines", png_bytes(figure)))
+    return plots
+
+
 class PlotAttachments:
-    """Reporter: every plot the probe's result suits (``hypocheck.plots``), attached to the case's Allure result
-    as PNG, on the process that ran the case (matplotlib is imported by the first case reported)."""
+    """Reporter: every plot of a case (:func:`case_plots`), attached to the case's Allure result as PNG, on the
+    process that ran the case (matplotlib is imported by the first case reported)."""
 
     @pytest.hookimpl(trylast=True)  # after the Allure reporter's description and metrics
     def pytest_hypocheck_case_judged(self, case: Case, verdict: CaseVerdict, result: ProbeResult,
                                      inputs: Any) -> None:
         import allure
 
-        from .plots import PlotInfo, render_all
-
-        groups = result.arrays.get("groups")
-        observed = case.probe.metrics_of_kind("observed")
-        info = PlotInfo(title=f"{case.hypothesis.id} [{case.label}]" if case.axes else case.hypothesis.id,
-                        metrics=verdict.metrics, members=_array(inputs, "members"),
-                        labels=None if groups is None else tuple(str(g) for g in np.asarray(groups).ravel()),
-                        p_metric=case.probe.p, observed_metric=observed[0] if observed else None)
-        for title, png in render_all(result, info):
+        for title, png in case_plots(case, verdict, result, inputs):
             kind = allure.attachment_type.PNG if isinstance(png, bytes) else allure.attachment_type.TEXT
             allure.attach(png, name=title, attachment_type=kind)
 

@@ -93,7 +93,8 @@ def finished_line(record: CaseVerdict, seconds: float) -> str:
               if record.effect_metric and record.effect is not None else "")
     p = f"  p {fmt(record.p)}" if record.p is not None else ""
     why = f"  {' '.join(record.reason.split())[:100]}" if record.verdict == "inconclusive" else ""
-    return f"{head}{effect}{p}{why}  ({seconds:.1f} s)"
+    fragile = "  FRAGILE" if record.stability is not None and record.stability.fragile else ""
+    return f"{head}{effect}{p}{why}{fragile}  ({seconds:.1f} s)"
 
 
 def merge_environment(into: dict[str, Any], reported: Mapping[str, Any]) -> None:

@@ -58,6 +58,14 @@ class Tolerance(BaseModel):
     rel: float = Field(1e-4, ge=0, description="Relative tolerance.")
 
 
+class Stability(BaseModel):
+    """Rerun each case on other samples of its inputs, to see whether its verdict holds."""
+
+    model_config = ConfigDict(extra="forbid")
+    seeds: int = Field(..., ge=2, le=100, description="How many control samples each case runs on (its own "
+                                                       "first, then ones drawn with other seeds).")
+
+
 class Hypothesis(BaseModel):
     """One claim: a probe run over crossed inputs, judged by expectations."""
 
@@ -113,6 +121,15 @@ class Hypothesis(BaseModel):
         description="Control models every case also runs on (e.g. randomized: weights re-drawn; shuffled_perts: "
                     "knockdowns routed to each other's embeddings); a claim that holds as strongly on a control is "
                     "flagged as not specific to training.")
+    references: list[str] | None = Field(
+        None,
+        description="Reference arms every case also runs on, shown beside the model: 'data' (the same probe on the "
+                    "observed data: what the data themselves show) and models of the suite (e.g. simple baselines "
+                    "trained on the same data). Expectations may name their metrics: "
+                    "'references.<arm>.<metric>'. Default: the suite's 'references:'; [] for none.")
+    stability: Stability | None = Field(
+        None, description="Rerun every case on other control samples and report how many give its verdict; a "
+                          "case whose verdict flips is labelled fragile. Default: the suite's 'stability:'.")
     holds_if: Literal["all", "any"] | int = Field(
         "all", description="When the claim holds, from its cases: all of them pass (default), any one, or at "
                            "least this many.")

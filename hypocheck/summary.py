@@ -69,6 +69,22 @@ def _truth(case: CaseVerdict) -> str:
             None: ""}[case.truth]
 
 
+def references_text(case: CaseVerdict) -> str:
+    """The case beside its reference arms: ``model 0.44, data 0.61 (pass), perturb_mean 0.40 (fail)``."""
+    if not case.references:
+        return ""
+    parts = [f"model {fmt(case.effect)}"]
+    for arm, ref in case.references.items():
+        parts.append(f"{arm} n/a ({ref.reason})" if ref.verdict == "not applicable"
+                     else f"{arm} {fmt(ref.effect)} {interval(ref.ci)} ({ref.verdict})")
+    return f"{case.effect_metric}: " + ", ".join(parts)
+
+
+def stability_text(case: CaseVerdict) -> str:
+    """``stable: 5 of 5 control samples agree`` / ``FRAGILE: …``; empty when the case ran on one sample."""
+    return case.stability.text if case.stability is not None else ""
+
+
 def measured_text(case: CaseVerdict) -> str:
     """What a case measured, in one line: the provider's account, the null it was compared with, the margin of a
     claim of absence."""
@@ -77,6 +93,10 @@ def measured_text(case: CaseVerdict) -> str:
         parts.append(f"null: {case.null.kind}")
     if case.margin is not None:
         parts.append(f"absence margin {case.margin:g}")
+    for arm, ref in case.references.items():
+        features = ref.measured.get("features")
+        if features and features != case.measured.get("features"):
+            parts.append(f"{arm} arm: {features}")
     return "; ".join(parts)
 
 
@@ -92,12 +112,13 @@ def markdown(run: RunRecord) -> str:
     lines += ["## Claims", "", "| claim | verdict | rule and cases |", "|---|---|---|"]
     lines += [f"| `{c.hypothesis}` | {c.verdict} | {c.reason} |" for c in run.claims]
     lines += ["", "## Cases", "",
-              "| verdict | case | effect [95% CI] | p | p (within claim) | p (BH, run) | reported → measured | truth "
-              "| what was measured |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| verdict | case | effect [95% CI] | beside the data and baselines | stability | p | p (within claim) "
+              "| p (BH, run) | reported → measured | truth | what was measured |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in run.cases:
-        lines.append(f"| {c.verdict} | `{c.id}` | {_effect(c)} | {fmt(c.p)} | {fmt(c.p_adj)} "
-                     f"| {fmt(c.p_run_bh)} | {_reported(c)} | {_truth(c)} | {measured_text(c)} |")
+        lines.append(f"| {c.verdict} | `{c.id}` | {_effect(c)} | {references_text(c)} | {stability_text(c)} "
+                     f"| {fmt(c.p)} | {fmt(c.p_adj)} | {fmt(c.p_run_bh)} | {_reported(c)} | {_truth(c)} "
+                     f"| {measured_text(c)} |")
     why = [(c.id, c.reason) for c in run.cases if c.verdict != "pass"]
     notes = [(c.id, n) for c in run.cases for n in c.notes]
     if why or notes:
@@ -127,6 +148,7 @@ def terminal_lines(run: RunRecord) -> list[str]:
         if c.truth:
             line += f"  ({_truth(c)})"
         out.append(line)
+        out += [f"{'':<13}{text}" for text in (references_text(c), stability_text(c)) if text]
         out += [f"{'':<13}note: {n}" for n in c.notes]
     out.append("claims:")
     out += [f"{c.verdict.upper():<12} {c.hypothesis}  {c.reason}" for c in run.claims]
@@ -158,6 +180,7 @@ def failure_text(verdict: CaseVerdict) -> str:
         lines.append(f"  {mark} {check.detail}")
     for metric, value in verdict.reported.items():
         lines.append(f"  reported {metric} = {value:g}, measured {verdict.metrics.get(metric, float('nan')):.4g}")
+    lines += [f"  {text}" for text in (references_text(verdict), stability_text(verdict)) if text]
     if verdict.truth is not None:
         lines.append(f"  planted truth: {verdict.truth} (expected {verdict.expected})")
     lines.append(f"  seed {verdict.seed}; defined at {verdict.location}")

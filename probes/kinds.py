@@ -43,8 +43,9 @@ class OutputFeatureInputs(MatchedNullInputs):
     features: Literal["auto", "sae", "residual", "delta_y"] = Field(
         "auto", description="SAE features of the residual stream at `layer`, the stream itself, or ΔY (the "
                             "model's output change, no layer). auto: SAE features when an SAE for this model is "
-                            "configured, else the residual stream after the middle block. Each case names what "
-                            "it measured (summary.json: measured).")
+                            "configured, else the residual stream after the middle block; ΔY for a model without "
+                            "backbone layers (a mean baseline) and for the data arm (the observed ΔY). Each case "
+                            "names what it measured (summary.json: measured).")
 
 
 class CrossModelInputs(BaseModel):

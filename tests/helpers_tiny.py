@@ -71,8 +71,10 @@ def control_sentence(n_cells: int = CELL_SET_LEN, seed: int = 0, dtype: torch.dt
     return basal, batch
 
 
-def tiny_adata(n_per_group: int = 6, seed: int = 0, genes: list[str] | None = None):
-    """A small AnnData: obs gene / cell_line / batch, obsm X_hvg, var_names = genes."""
+def tiny_adata(n_per_group: int = 6, seed: int = 0, genes: list[str] | None = None,
+               knockdowns: list[str] | None = None):
+    """A small AnnData: obs gene / cell_line / batch, obsm X_hvg, var_names = genes; ``n_per_group`` cells of each
+    knockdown (default KD00–KD02) and twice as many controls per line."""
     import anndata as ad
     import pandas as pd
 
@@ -80,7 +82,7 @@ def tiny_adata(n_per_group: int = 6, seed: int = 0, genes: list[str] | None = No
     genes = genes or GENE_NAMES
     rows = []
     for line in CELL_LINES:
-        for kd in [CONTROL_LABEL, CONTROL_LABEL, "KD00", "KD01", "KD02"]:
+        for kd in [CONTROL_LABEL, CONTROL_LABEL, *(knockdowns or ["KD00", "KD01", "KD02"])]:
             rows += [(kd, line, BATCH_NAMES[i % 2]) for i in range(n_per_group)]
     obs = pd.DataFrame(rows, columns=["gene", "cell_line", "batch"])
     obs.index = [f"cell{i}" for i in range(len(obs))]

@@ -210,7 +210,7 @@ def test_unknown_control_kind_is_a_clear_error(ctx: SuiteContext, name: str) -> 
         ctx.suite.model(name)
     text = str(info.value)
     assert "unknown control kind" in text and repr(name) in text
-    assert "valid: randomized, shuffled_perts" in text
+    assert "valid: data, randomized, shuffled_perts" in text
     assert name not in ctx.suite._models
 
 
@@ -226,7 +226,7 @@ def test_control_names_and_kinds() -> None:
     ref = ModelRef.parse("fewshot~shuffled_perts")
     assert ref == ModelRef("fewshot", "shuffled_perts") and str(ref) == "fewshot~shuffled_perts"
     assert ref.trained == ModelRef("fewshot") and ModelRef("fewshot").with_control("randomized").control == "randomized"
-    assert axis_values(["a"]) == ["a", "a~randomized", "a~shuffled_perts"]
+    assert axis_values(["a"]) == ["a", "a~randomized", "a~shuffled_perts", "a~data"]
 
 
 def test_randomized_needs_an_adapter_that_can_copy_itself(trained: STAdapter) -> None:

@@ -51,6 +51,7 @@ def test_a_notebook_and_pytest_give_the_same_verdicts(tmp_path: Path) -> None:
             and "text/html" in o.get("data", {})]
     assert any("<b>hypocheck</b>" in h and "program_pert_clustering" in h for h in rich), rich
     assert any("<table" in h and "verdict" in h for h in rich)  # the claims DataFrame
+    assert any('<img src="data:image/png;base64,' in h and "null distribution" in h for h in rich)  # plots inline
     printed = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     verdicts = json.loads(printed.split("VERDICTS ", 1)[1].splitlines()[0])
     assert sorted(verdicts.values()) == ["fail", "pass"]  # the demo's planted truth: mitoribosome, not proteasome

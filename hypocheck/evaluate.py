@@ -1,0 +1,36 @@
+"""One case from its inputs to its final verdict, the same path for every caller (the pytest plugin's items,
+benchmarks): inputs → probe → reference arms → verdict (decided once) → controls → stability over control samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import progress
+from .backend import ProbeContext
+from .cases import Case
+from .controls import with_controls
+from .decisions import judge, with_inputs
+from .records import CaseVerdict
+from .references import run_references
+from .registry import ProbeResult
+from .stability import with_samples
+
+
+def evaluate_case(case: Case, context: ProbeContext) -> tuple[CaseVerdict, ProbeResult, Any]:
+    """The case's verdict, the probe's live result and the inputs it ran on; each step under a progress stage."""
+    with progress.stage("inputs"):
+        inputs = context.prepare(case)
+    with progress.stage(f"probe {case.probe.name}"):
+        result = case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed))
+    with progress.stage("reference arms"):
+        references = run_references(case, context)
+    with progress.stage("verdict and controls"):
+        # how the inputs were computed and what they measure, beside the verdict
+        judged = with_inputs(judge(case, result, references), inputs)
+        verdict = with_controls(case, judged, context)
+    with progress.stage("stability"):
+        verdict = with_samples(case, verdict, context, references)
+    return verdict, result, inputs
