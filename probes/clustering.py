@@ -5,7 +5,10 @@ model's default output direction, so any set of them looks "clustered" against
 uniformly drawn random sets. Both probes here therefore also draw null sets
 *matched for effect magnitude* (null member *i* is drawn from a window of the
 ‖ΔY‖ ranking centred on set member *i*) and judge on that matched test; the uniform
-test is kept beside it for comparison with the original analysis.
+test is kept beside it for comparison with the original analysis. The matched
+null leaves out the knockdowns of gene sets related to the tested one (by
+default every other configured set): two sets of one program share its
+magnitude, and drawing one's null from the other would absorb the program.
 
 Perturbed outputs also share a shift common to all perturbations (systematic
 variation; Viñas Torné et al., "Systema", Nature Biotechnology 2025): the
@@ -17,7 +20,7 @@ perturbations can make it cluster.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import empirical_p_floor
@@ -25,9 +28,10 @@ from hypocheck.stats import empirical_p_floor
 from .kinds import LayerFeatures
 from .setstats import (
     MATCHED_NULL,
+    MatchedNullParams,
     SetClustering,
     cosine_matrix,
-    magnitude_matched_sets,
+    draw_matched_null,
     set_clustering_vectorised,
 )
 
@@ -40,19 +44,13 @@ cell sentence moves."""
 
 
 
-class OutputClusteringParams(BaseModel):
+class OutputClusteringParams(MatchedNullParams):
     """Parameters of the output-clustering test (uniform and magnitude-matched nulls)."""
 
     model_config = ConfigDict(extra="forbid")
     null_sets: int = Field(5000, ge=100, description="Random knockdown sets in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
-    match_neighbours: int = Field(
-        2, ge=1,
-        description="Matched null: null member i is drawn from set member i and this many knockdowns on either "
-        "side of it in the ‖ΔY‖ ranking (fewer near the ends, as many below as above), skipping knockdowns the "
-        "null set already holds.",
-    )
     floor_quantile: float = Field(
         0.1, gt=0, lt=1,
         description="When no no-effect floor is given: the floor is the median ‖ΔY‖ of this lowest share of KDs.",
@@ -74,12 +72,13 @@ CLUSTERING_METRICS = (
     "within_mean_cosine", "null_mean_cosine", "z", "p", "delta_cosine_uniform", "matched_null_mean_cosine",
     "z_matched", "p_matched", "delta_cosine", "within_cosine_specific", "matched_null_mean_cosine_specific",
     "z_specific", "p_specific", "delta_cosine_specific", "set_magnitude", "matched_set_magnitude",
-    "noeffect_floor", "magnitude_ratio", "match_neighbours", "n_members",
+    "noeffect_floor", "magnitude_ratio", "match_neighbours", "n_members", "null_candidates", "unmatched_members",
 )
 ABSENCE_METRICS = (*CLUSTERING_METRICS, "reference_effect", "power", "minimal_detectable_effect",
                    "reference_excluded")
 P_METRICS = ("p", "p_matched", "p_specific")
-CLUSTERING_KINDS = {"p": P_METRICS, "observed": ("within_mean_cosine",), "count": ("match_neighbours", "n_members"),
+CLUSTERING_KINDS = {"p": P_METRICS, "observed": ("within_mean_cosine",),
+                    "count": ("match_neighbours", "n_members", "null_candidates", "unmatched_members"),
                     "effect": ("z", "z_matched", "z_specific", "delta_cosine_uniform", "delta_cosine_specific")}
 ABSENCE_KINDS = CLUSTERING_KINDS
 
@@ -99,7 +98,7 @@ def specific_features(features: np.ndarray) -> np.ndarray:
 
 def _metrics(
     features: np.ndarray, members: np.ndarray, magnitude: np.ndarray, floor: float | None,
-    params: OutputClusteringParams, rng: np.random.Generator,
+    excluded: np.ndarray | None, params: OutputClusteringParams, rng: np.random.Generator,
 ) -> tuple[dict[str, float], str | None, np.ndarray, np.ndarray | None]:
     """Descriptive metrics (all NaN where undefined), an inconclusive reason, the similarity, the matched
     null sets."""
@@ -116,13 +115,12 @@ def _metrics(
     sim = cosine_matrix(features)
     if members.size < params.min_members:
         return metrics, f"{members.size} set members found; at least {params.min_members} are needed", sim, None
-    null_sets = magnitude_matched_sets(rng, magnitude, members, params.null_sets, params.match_neighbours)
-    if null_sets is None:
-        reason = (f"the set ({members.size} of {magnitude.size} knockdowns) is too large to draw magnitude-matched "
-                  f"null sets within {params.match_neighbours} ranks of each member")
-        return metrics, reason, sim, None
-    metrics["matched_set_magnitude"] = float(np.median(np.median(magnitude[null_sets], axis=1)))
-    return metrics, None, sim, null_sets
+    draw = draw_matched_null(rng, magnitude, members, params.null_sets, params, excluded)
+    metrics.update(null_candidates=float(draw.candidates), unmatched_members=float(draw.unmatched))
+    if draw.sets is None:
+        return metrics, draw.reason, sim, None
+    metrics["matched_set_magnitude"] = float(np.median(np.median(magnitude[draw.sets], axis=1)))
+    return metrics, None, sim, draw.sets
 
 
 def _run_tests(
@@ -171,7 +169,7 @@ def _attainable_nan() -> dict[str, float]:
 )
 def output_set_clustering(
     *, features: np.ndarray, members: np.ndarray, magnitude: np.ndarray, noeffect_floor: float | None = None,
-    params: OutputClusteringParams, rng: np.random.Generator,
+    null_excluded: np.ndarray | None = None, params: OutputClusteringParams, rng: np.random.Generator,
 ) -> ProbeResult:
     """Within-set mean cosine of per-KD output features vs uniform and magnitude-matched random KD sets.
 
@@ -179,7 +177,8 @@ def output_set_clustering(
     over the control sentence; ``members`` indexes the set's knockdowns;
     ``magnitude`` is ‖ΔY_k‖ per knockdown; ``noeffect_floor`` the ‖ΔY‖ of a
     knockdown without effect (computed from ``magnitude`` when not given, see
-    ``params.floor_quantile``). Effect: ``delta_cosine`` = within − matched-null
+    ``params.floor_quantile``); ``null_excluded`` indexes knockdowns the matched null does not draw (members of
+    related gene sets; the set's own members stay candidates). Effect: ``delta_cosine`` = within − matched-null
     mean, with a bootstrap CI over members; p: the matched test's. Minimum
     effect of interest for a claim of clustering: ``delta_cosine`` 0.05 (a
     shared direction carrying 5 % of each member's squared norm beyond what
@@ -189,7 +188,7 @@ def output_set_clustering(
     """
     features = np.asarray(features, dtype=float)
     members = np.asarray(members, dtype=int)
-    metrics, reason, sim, null_sets = _metrics(features, members, magnitude, noeffect_floor, params, rng)
+    metrics, reason, sim, null_sets = _metrics(features, members, magnitude, noeffect_floor, null_excluded, params, rng)
     if null_sets is None:
         return ProbeResult(metrics=metrics, inconclusive=reason, attainable=_attainable_nan())
     uniform, matched, specific, sim_specific = _run_tests(features, sim, members, null_sets, params, rng, metrics)
@@ -233,7 +232,7 @@ def minimal_detectable_effect(null: np.ndarray, alpha: float, power: float) -> f
 )
 def output_set_absence(
     *, features: np.ndarray, members: np.ndarray, magnitude: np.ndarray, noeffect_floor: float | None = None,
-    params: OutputAbsenceParams, rng: np.random.Generator,
+    null_excluded: np.ndarray | None = None, params: OutputAbsenceParams, rng: np.random.Generator,
 ) -> ProbeResult:
     """Is output clustering *absent*? The clustering test, with its power against a reference effect beside it.
 
@@ -246,7 +245,7 @@ def output_set_absence(
     """
     features = np.asarray(features, dtype=float)
     members = np.asarray(members, dtype=int)
-    metrics, reason, sim, null_sets = _metrics(features, members, magnitude, noeffect_floor, params, rng)
+    metrics, reason, sim, null_sets = _metrics(features, members, magnitude, noeffect_floor, null_excluded, params, rng)
     metrics.update(reference_effect=params.reference_effect, power=float("nan"),
                    minimal_detectable_effect=float("nan"), reference_excluded=float("nan"))
     if null_sets is None:

@@ -12,7 +12,7 @@ beside it.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from hypocheck.registry import ProbeResult, probe
 from hypocheck.stats import empirical_p_floor
@@ -21,31 +21,27 @@ from .clustering import MIN_DELTA_COSINE
 from .kinds import SetEmbeddings
 from .setstats import (
     MATCHED_NULL,
+    MatchedNullParams,
     background_mean,
     cosine_matrix,
-    magnitude_matched_sets,
+    draw_matched_null,
     set_clustering_vectorised,
 )
 
 EMBEDDING_METRICS = (
     "within_mean_cosine", "background_mean_cosine", "null_mean_cosine", "z", "p", "delta_cosine_uniform",
-    "matched_null_mean_cosine", "z_matched", "p_matched", "delta_cosine", "n_members",
+    "matched_null_mean_cosine", "z_matched", "p_matched", "delta_cosine", "n_members", "null_candidates",
+    "unmatched_members",
 )
 
 
-class EmbeddingClusteringParams(BaseModel):
+class EmbeddingClusteringParams(MatchedNullParams):
     """Parameters of the within-set cosine test."""
 
     model_config = ConfigDict(extra="forbid")
     null_sets: int = Field(1000, ge=100, description="Random knockdown sets in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
-    match_neighbours: int = Field(
-        2, ge=1,
-        description="Matched null: null member i is drawn from set member i and this many knockdowns on either "
-        "side of it in the ‖ΔY‖ ranking (fewer near the ends, as many below as above), skipping knockdowns the "
-        "null set already holds.",
-    )
 
 
 @probe(
@@ -54,7 +50,8 @@ class EmbeddingClusteringParams(BaseModel):
     takes=SetEmbeddings,
     axes=("model", "gene_set"),
     metrics=EMBEDDING_METRICS,
-    kinds={"p": ("p", "p_matched"), "observed": ("within_mean_cosine",), "count": ("n_members",),
+    kinds={"p": ("p", "p_matched"), "observed": ("within_mean_cosine",),
+           "count": ("n_members", "null_candidates", "unmatched_members"),
            "effect": ("z", "z_matched", "delta_cosine_uniform")},
     effect="delta_cosine",
     p="p_matched",
@@ -63,14 +60,15 @@ class EmbeddingClusteringParams(BaseModel):
 )
 def pert_embedding_clustering(
     *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,
-    params: EmbeddingClusteringParams, rng: np.random.Generator,
+    null_excluded: np.ndarray | None = None, params: EmbeddingClusteringParams, rng: np.random.Generator,
 ) -> ProbeResult:
     """Within-set mean cosine of pert representations vs size-matched and magnitude-matched random sets.
 
     ``embeddings`` is (knockdowns × hidden), one pert_encoder output per
     knockdown (control excluded); ``members`` indexes the set; ``magnitude``
     is each knockdown's effect size ‖ΔY‖ (without it the matched metrics are
-    NaN and the case cannot be judged on them). Minimum effect of interest for
+    NaN and the case cannot be judged on them); ``null_excluded`` indexes knockdowns the matched null does
+    not draw (members of related gene sets; the set's own members stay candidates). Minimum effect of interest for
     a claim of clustering: ``delta_cosine`` 0.05 (a shared direction carrying
     5 % of each member's squared norm beyond what magnitude-matched sets share).
     """
@@ -98,13 +96,13 @@ def pert_embedding_clustering(
         magnitude = np.asarray(magnitude, dtype=float)
         if magnitude.shape != (sim.shape[0],):
             raise ValueError(f"magnitude has shape {magnitude.shape}; expected ({sim.shape[0]},)")
-        null_sets = magnitude_matched_sets(rng, magnitude, members, params.null_sets, params.match_neighbours)
-        if null_sets is None:
-            inconclusive = (f"the set ({members.size} of {sim.shape[0]} knockdowns) is too large to draw "
-                            f"magnitude-matched null sets within {params.match_neighbours} ranks of each member")
+        draw = draw_matched_null(rng, magnitude, members, params.null_sets, params, null_excluded)
+        metrics |= {"null_candidates": float(draw.candidates), "unmatched_members": float(draw.unmatched)}
+        if draw.sets is None:
+            inconclusive = draw.reason
         else:
             matched = set_clustering_vectorised(sim, members, rng, params.null_sets, params.bootstrap,
-                                                null_sets=null_sets)
+                                                null_sets=draw.sets)
             metrics |= {"matched_null_mean_cosine": matched.test.null_mean, "z_matched": matched.test.z,
                         "p_matched": matched.test.p, "delta_cosine": matched.within - matched.test.null_mean}
             cis["delta_cosine"] = matched.ci

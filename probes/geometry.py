@@ -31,9 +31,10 @@ from .kinds import PairedEmbeddings, SetEmbeddings
 from .setstats import (
     CHUNK_ELEMENTS,
     MATCHED_NULL,
+    MatchedNullParams,
     bootstrap_mean_ci,
     cosine_matrix,
-    magnitude_matched_sets,
+    draw_matched_null,
     unit_rows,
 )
 
@@ -74,7 +75,7 @@ def set_purity(neighbours: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return out
 
 
-class NeighbourPurityParams(BaseModel):
+class NeighbourPurityParams(MatchedNullParams):
     """Parameters of the nearest-neighbour purity test (uniform and magnitude-matched label draws)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -82,17 +83,12 @@ class NeighbourPurityParams(BaseModel):
     permutations: int = Field(2000, ge=1000, description="Label permutations in each null (uniform and matched).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of set members for the CI.")
     min_members: int = Field(5, ge=2, description="Fewer members than this → inconclusive.")
-    match_neighbours: int = Field(
-        2, ge=1,
-        description="Matched null: null member i is drawn from set member i and this many knockdowns on either "
-        "side of it in the ‖ΔY‖ ranking (fewer near the ends, as many below as above), skipping knockdowns the "
-        "null set already holds.",
-    )
 
 
 PURITY_METRICS = (
     "mean_purity", "null_mean_purity", "chance_purity", "z", "p", "delta_purity_uniform",
     "matched_null_mean_purity", "z_matched", "p_matched", "delta_purity", "match_neighbours", "k", "n_members",
+    "null_candidates", "unmatched_members",
 )
 
 
@@ -102,7 +98,8 @@ PURITY_METRICS = (
     takes=SetEmbeddings,
     axes=("model", "gene_set"),
     metrics=PURITY_METRICS,
-    kinds={"p": ("p", "p_matched"), "observed": ("mean_purity",), "count": ("match_neighbours", "k", "n_members"),
+    kinds={"p": ("p", "p_matched"), "observed": ("mean_purity",),
+           "count": ("match_neighbours", "k", "n_members", "null_candidates", "unmatched_members"),
            "effect": ("z", "z_matched", "delta_purity_uniform")},
     effect="delta_purity",
     p="p_matched",
@@ -111,14 +108,16 @@ PURITY_METRICS = (
 )
 def pert_neighbour_purity(
     *, embeddings: np.ndarray, members: np.ndarray, magnitude: np.ndarray | None = None,
-    names: Sequence[str] | None = None, params: NeighbourPurityParams, rng: np.random.Generator,
+    names: Sequence[str] | None = None, null_excluded: np.ndarray | None = None, params: NeighbourPurityParams,
+    rng: np.random.Generator,
 ) -> ProbeResult:
     """Share of each member's k nearest neighbours (cosine) that are in the same set, vs permuted labels.
 
     ``embeddings`` is (knockdowns × hidden); ``members`` indexes the set;
     ``magnitude`` is each knockdown's effect size ‖ΔY‖ (without it the matched
     metrics are NaN and the case is inconclusive); ``names`` labels the rows of
-    the ``neighbours`` table (row indices when absent). Two nulls: labels
+    the ``neighbours`` table (row indices when absent); ``null_excluded`` indexes knockdowns the matched
+    labels are not drawn from (members of related gene sets; the set's own members stay candidates). Two nulls: labels
     permuted uniformly (``z``, ``p``, ``delta_purity_uniform``) and matched
     for ‖ΔY‖ member by member (``z_matched``, ``p_matched``, ``delta_purity``,
     the effect and p of record). Deltas are mean purity − the null's mean, CIs
@@ -166,14 +165,16 @@ def pert_neighbour_purity(
     attainable["p"] = empirical_p_floor(uniform_null)
     null: np.ndarray = uniform_null
     reason: str | None = None
-    null_sets = None if magnitude is None else magnitude_matched_sets(
-        rng, np.asarray(magnitude, dtype=float), members, params.permutations, params.match_neighbours)
-    if magnitude is None:
+    draw = None if magnitude is None else draw_matched_null(
+        rng, np.asarray(magnitude, dtype=float), members, params.permutations, params, null_excluded)
+    if draw is not None:
+        metrics.update(null_candidates=float(draw.candidates), unmatched_members=float(draw.unmatched))
+    if draw is None:
         reason = "no effect magnitudes given: the magnitude-matched test cannot run"
-    elif null_sets is None:
-        reason = (f"the set ({m} of {n} knockdowns) is too large to draw magnitude-matched null sets within "
-                  f"{params.match_neighbours} ranks of each member")
+    elif draw.sets is None:
+        reason = draw.reason
     else:
+        null_sets = draw.sets
         null = set_purity(nbrs, null_sets)
         matched = compare_to_null(uniform.observed, null)
         metrics.update(matched_null_mean_purity=matched.null_mean, z_matched=matched.z, p_matched=matched.p,

@@ -19,10 +19,25 @@ from hypocheck.inputs import InputRecord
 
 # ---------------------------------------------------------------- options (a hypothesis's `inputs:`)
 
-class OutputFeatureInputs(BaseModel):
-    """How the per-knockdown output features are made."""
+NullExcludes = Literal["other_sets", "related", "none"] | list[str]
+"""Which gene sets' knockdowns a magnitude-matched null leaves out (the tested set's own members always stay)."""
+
+
+class MatchedNullInputs(BaseModel):
+    """Which knockdowns the magnitude-matched null may draw from."""
 
     model_config = ConfigDict(extra="forbid")
+    null_excludes: NullExcludes = Field(
+        "other_sets", description="Knockdowns the magnitude-matched null does not draw, because a set of the "
+        "same program shares the tested set's effect magnitude and would carry its clustering into the null: "
+        "other_sets = members of every configured gene set other than the tested one; related = members of the "
+        "sets declared related to it (`related:` under the suite config's gene_sets); none = no knockdown left "
+        "out; or a list of gene set names. The tested set's own members always stay candidates.")
+
+
+class OutputFeatureInputs(MatchedNullInputs):
+    """How the per-knockdown output features are made."""
+
     layer: int | None = Field(None, ge=1, description="Backbone block (1-based); default: the SAE's layer, "
                                                         "else the middle block.")
     features: Literal["auto", "sae", "residual", "delta_y"] = Field(
@@ -107,13 +122,16 @@ class PanelInputs(BaseModel):
 
 @dataclass(frozen=True)
 class SetEmbeddings(InputRecord):
-    """Every knockdown's pert representation ``r_k``, the set's members among them, their names and each
-    knockdown's effect magnitude ‖ΔY‖ (mean over the configured lines, for magnitude-matched nulls)."""
+    """Every knockdown's pert representation ``r_k``, the set's members among them, their names, each
+    knockdown's effect magnitude ‖ΔY‖ (mean over the configured lines, for magnitude-matched nulls) and the
+    knockdowns those nulls do not draw."""
 
     embeddings: np.ndarray
     members: np.ndarray
     names: Sequence[str] | None = None
     magnitude: np.ndarray | None = None
+    null_excluded: np.ndarray | None = None
+    options: ClassVar[type[BaseModel]] = MatchedNullInputs
 
 
 @dataclass(frozen=True)
@@ -128,12 +146,14 @@ class PairedEmbeddings(InputRecord):
 
 @dataclass(frozen=True)
 class LayerFeatures(InputRecord):
-    """Per knockdown: layer (or SAE) features averaged over the control sentence, its ‖ΔY‖, the set's members."""
+    """Per knockdown: layer (or SAE) features averaged over the control sentence, its ‖ΔY‖, the set's members, and
+    the knockdowns the magnitude-matched null does not draw (members of related gene sets)."""
 
     features: np.ndarray
     members: np.ndarray
     magnitude: np.ndarray
     noeffect_floor: float | None = None
+    null_excluded: np.ndarray | None = None
     options: ClassVar[type[BaseModel]] = OutputFeatureInputs
 
 

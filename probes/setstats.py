@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, random_sets
@@ -210,8 +211,20 @@ def magnitude_windows(magnitude: np.ndarray, members: np.ndarray, length: int) -
     return order[np.take_along_axis(ranks, first, axis=1)]
 
 
+def null_candidates(n: int, members: np.ndarray, excluded: np.ndarray | None) -> np.ndarray:
+    """The knockdowns a matched null may draw from: all ``n`` but the ``excluded`` ones; the set's own members
+    always stay (an index array, ascending)."""
+    if excluded is None or np.size(excluded) == 0:
+        return np.arange(n)
+    keep = np.ones(n, dtype=bool)
+    keep[np.asarray(excluded, dtype=int)] = False
+    keep[np.asarray(members, dtype=int)] = True
+    return np.flatnonzero(keep)
+
+
 def magnitude_matched_sets(
-    rng: np.random.Generator, magnitude: np.ndarray, members: np.ndarray, n_sets: int, neighbours: int
+    rng: np.random.Generator, magnitude: np.ndarray, members: np.ndarray, n_sets: int, neighbours: int,
+    excluded: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """``n_sets`` null sets matched member by member for effect magnitude (an ``(n_sets, m)`` index array).
 
@@ -221,13 +234,26 @@ def magnitude_matched_sets(
     knockdown is matched with itself). The knockdown is the unit and a null set holds ``m`` distinct
     knockdowns: members are filled in a random order per draw, and a window knockdown that the null set
     already holds is passed over for the next nearest in rank. Unlike quantile bins there is no bin edge: a
-    member at the low end of a bin is matched with knockdowns as weak as itself, not with the whole bin. All
-    knockdowns are candidates, the set's own members included: under the null the set's labels are
-    exchangeable with those of knockdowns of the same magnitude, so the observed set is one this null can
-    draw. ``None`` when there are fewer than ``2·neighbours + m`` knockdowns.
+    member at the low end of a bin is matched with knockdowns as weak as itself, not with the whole bin.
+
+    The ranking holds the candidates only (``null_candidates``): every knockdown but the ``excluded`` ones
+    (members of related gene sets, which share the set's program and would carry it into the null), the set's
+    own members always included: under the null the set's labels are exchangeable with those of knockdowns of
+    the same magnitude, so the observed set is one this null can draw. ``None`` when there are fewer than
+    ``2·neighbours + m`` candidates.
     """
     members = np.asarray(members, dtype=int)
     magnitude = np.asarray(magnitude, dtype=float)
+    candidates = null_candidates(magnitude.size, members, excluded)
+    position = np.searchsorted(candidates, members)  # each member's place among the candidates
+    sets = _window_sets(rng, magnitude[candidates], position, n_sets, neighbours)
+    return None if sets is None else candidates[sets]
+
+
+def _window_sets(
+    rng: np.random.Generator, magnitude: np.ndarray, members: np.ndarray, n_sets: int, neighbours: int
+) -> np.ndarray | None:
+    """``magnitude_matched_sets`` over all of ``magnitude`` (no knockdown excluded)."""
     m, n = members.size, magnitude.size
     if n < 2 * neighbours + m:
         return None
@@ -251,6 +277,89 @@ def magnitude_matched_sets(
         out[rows, slot] = chosen
         taken[rows, chosen] = True
     return out
+
+
+def unmatched_members(
+    magnitude: np.ndarray, members: np.ndarray, neighbours: int, excluded: np.ndarray | None = None
+) -> int:
+    """How many set members have no exchangeable knockdown: the ``2·neighbours`` candidates nearest to the member
+    in the ‖ΔY‖ ranking (``null_candidates``; nearest in rank first, below before above) are all members of the
+    set too. Such a member's null slot can only be filled with the set's own members."""
+    members = np.asarray(members, dtype=int)
+    magnitude = np.asarray(magnitude, dtype=float)
+    candidates = null_candidates(magnitude.size, members, excluded)
+    length = min(2 * neighbours + 1, candidates.size)
+    if members.size == 0 or length < 2:
+        return int(members.size)
+    position = np.searchsorted(candidates, members)
+    nearest = magnitude_windows(magnitude[candidates], position, length)[:, 1:]  # without the member itself
+    return int(np.isin(nearest, position).all(axis=1).sum())
+
+
+MAX_UNMATCHED = 0.5
+"""Default share of set members without an exchangeable knockdown (``unmatched_members``) above which the
+matched null cannot be drawn: most of its slots could only be filled with the set's own members, so the null
+would be the set itself and no clustering could be told from magnitude."""
+
+
+class MatchedNullParams(BaseModel):
+    """Parameters of the magnitude-matched null, shared by the clustering and purity probes."""
+
+    model_config = ConfigDict(extra="forbid")
+    match_neighbours: int = Field(
+        2, ge=1,
+        description="Matched null: null member i is drawn from set member i and this many knockdowns on either "
+        "side of it in the ‖ΔY‖ ranking (fewer near the ends, as many below as above), skipping knockdowns the "
+        "null set already holds. The ranking holds the candidates: every knockdown but members of the gene sets "
+        "the null excludes (`inputs: {null_excludes: …}`), the set's own members always included.",
+    )
+    max_unmatched: float = Field(
+        MAX_UNMATCHED, ge=0, le=1,
+        description="Matched null: a member is unmatched when the 2·match_neighbours candidates nearest to it in "
+        "the ‖ΔY‖ ranking are all members of the set; when more than this share of members are, the set fills "
+        "its own magnitude band, no exchangeable knockdowns exist and the case is inconclusive.",
+    )
+
+
+@dataclass(frozen=True)
+class MatchedDraw:
+    """The matched null sets of one set, or why there are none; how many candidates and unmatched members."""
+
+    sets: np.ndarray | None
+    reason: str | None
+    candidates: int
+    unmatched: int
+
+
+def draw_matched_null(
+    rng: np.random.Generator, magnitude: np.ndarray, members: np.ndarray, n_sets: int, params: MatchedNullParams,
+    excluded: np.ndarray | None = None,
+) -> MatchedDraw:
+    """The magnitude-matched null sets over the candidates (``magnitude_matched_sets``), or the reason the case
+    is inconclusive: the set is too large for the windows, or more than ``params.max_unmatched`` of its
+    members have no exchangeable knockdown (``unmatched_members``)."""
+    members = np.asarray(members, dtype=int)
+    magnitude = np.asarray(magnitude, dtype=float)
+    k = params.match_neighbours
+    n_candidates = null_candidates(magnitude.size, members, excluded).size
+    unmatched = unmatched_members(magnitude, members, k, excluded)
+    left_out = magnitude.size - n_candidates
+    among = (f"{n_candidates} candidate knockdowns ({left_out} members of other gene sets left out)" if left_out
+             else f"{n_candidates} knockdowns")
+    if n_candidates < 2 * k + members.size:
+        reason = (f"the set ({members.size} members among {among}) is too large to draw magnitude-matched null "
+                  f"sets within {k} ranks of each member")
+        return MatchedDraw(None, reason, n_candidates, unmatched)
+    if members.size and unmatched > params.max_unmatched * members.size:
+        reason = (f"no exchangeable knockdowns for the magnitude-matched null: for {unmatched} of {members.size} "
+                  f"members the {2 * k} knockdowns nearest in ‖ΔY‖ among {among} are all members of the set "
+                  f"(more than max_unmatched = {params.max_unmatched:g} of them): the set fills its own magnitude "
+                  f"band, so its clustering cannot be told from its magnitude"
+                  + ("; if the gene sets left out are not of this set's program, let the null draw them "
+                     "(inputs: null_excludes: related, or a list of sets)" if left_out else ""))
+        return MatchedDraw(None, reason, n_candidates, unmatched)
+    sets = magnitude_matched_sets(rng, magnitude, members, n_sets, k, excluded)
+    return MatchedDraw(sets, None, n_candidates, unmatched)
 
 
 def slot_pair_means(sim: np.ndarray, null_sets: np.ndarray) -> np.ndarray:

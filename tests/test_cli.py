@@ -235,7 +235,7 @@ def test_probes_json_is_complete(tmp_path: Path) -> None:
     assert embedding["axes"] == ["model", "gene_set"] and embedding["effect"] == "delta_cosine"
     assert {"name": "null_sets", "type": "int (≥ 100)", "required": False, "default": 1000}.items() <= next(
         f for f in embedding["params"] if f["name"] == "null_sets").items()
-    assert "embeddings" in embedding["input_arrays"] and embedding["inputs"] == []
+    assert "embeddings" in embedding["input_arrays"] and [i["name"] for i in embedding["inputs"]] == ["null_excludes"]
 
 
 def test_probes_markdown_is_docs_probes_md(tmp_path: Path) -> None:

@@ -61,12 +61,13 @@ def run(features, members, magnitude, seed=1, **params):
 
 
 def test_within_mean_cosine_is_exact() -> None:
-    # members 0,1,2: cos(0,1) = 1, cos(0,2) = cos(1,2) = 0 → mean over pairs 1/3
+    # members 0,1,2: cos(0,1) = 1, cos(0,2) = cos(1,2) = 0 → mean over pairs 1/3; magnitudes interleave the
+    # members with the others (ranks 0, 2, 4 of 6), so each member has a non-member among its nearest two
     features = np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 3.0, 0], [0, 0, 1.0], [1.0, 1, 0], [0, 1, 1.0]])
-    res = run(features, [0, 1, 2], np.arange(1.0, 7.0), min_members=3, match_neighbours=1)
+    res = run(features, [0, 1, 2], np.array([1.0, 3, 5, 2, 4, 6]), min_members=3, match_neighbours=1)
     assert res.metrics["within_mean_cosine"] == pytest.approx(1 / 3)
-    assert res.metrics["n_members"] == 3
-    assert res.metrics["set_magnitude"] == 2.0  # median of 1, 2, 3
+    assert res.metrics["n_members"] == 3 and res.metrics["unmatched_members"] == 0
+    assert res.metrics["set_magnitude"] == 3.0  # median of 1, 3, 5
 
 
 def test_within_mean_matches_loops_and_z_matches_null() -> None:
@@ -178,7 +179,8 @@ def weakly_clustered(weight: float = 0.3):
 
 def claim3_cases():
     doc = load_yaml(ROOT / "hypotheses" / "paper" / "claim3_er_no_output_clustering.yaml")
-    vocabulary = {"model": ["fewshot", "zeroshot"], "cell_line": ["hepg2", "jurkat"], "gene_set": ["er_golgi"]}
+    vocabulary = {"model": ["fewshot", "zeroshot", "perturb_mean", "context_mean", "embed_sum"],
+                  "cell_line": ["hepg2", "jurkat"], "gene_set": ["er_golgi"]}
     return [c for hyp, base in hypotheses_from_doc(doc) for c in expand(hyp, doc, base, vocabulary)]
 
 
@@ -203,7 +205,7 @@ def hand_built(p_matched: float, ci: tuple[float, float], power: float = 0.9, re
 )
 def test_claim3_is_an_equivalence_test_on_the_ci(p_matched, ci, verdict, why) -> None:
     cases = claim3_cases()
-    assert len(cases) == 4 and all(c.absence and c.margin == 0.05 for c in cases)
+    assert len(cases) == 8 and all(c.absence and c.margin == 0.05 for c in cases)  # SAE features and ΔY
     assert cases[0].probe.min_effect == 0.05 and not cases[0].expectations
     judged = judge(cases[0], hand_built(p_matched, ci))
     assert judged.verdict == verdict, judged.reason

@@ -146,7 +146,9 @@ def test_contiguous_ring_arc_is_pure_unless_magnitude_explains_it() -> None:
     """An arc of five: per-member purity 2/4, 3/4, 4/4, 3/4, 2/4; only the 10 arcs of 252 ring subsets reach 0.7.
     With ‖ΔY‖ scrambled over the ring, the matched null draws weak knockdowns without regard to their place
     on the ring and an arc is rare in it; when ‖ΔY‖ follows the ring (neighbours on the ring are neighbours
-    in ‖ΔY‖), null sets of knockdowns next to the members in ‖ΔY‖ are arcs too: magnitude explains it."""
+    in ‖ΔY‖), the arc is the five weakest knockdowns: for three of its members the four nearest in ‖ΔY‖ are all
+    members, no exchangeable knockdown exists and the case is inconclusive. Forced to draw anyway
+    (``max_unmatched: 1``), the null sets of knockdowns next to the members in ‖ΔY‖ are arcs too."""
     emb, magnitude = weak_ring()
     scrambled = magnitude.copy()
     scrambled[:10] = np.random.default_rng(2).permutation(magnitude[:10])
@@ -155,8 +157,13 @@ def test_contiguous_ring_arc_is_pure_unless_magnitude_explains_it() -> None:
     assert res.metrics["mean_purity"] == pytest.approx(0.7)
     assert np.mean(ring_null_purities() >= 0.7 - 1e-12) == pytest.approx(10 / 252)
     assert res.metrics["p_matched"] < 0.05
+    assert res.inconclusive is None and res.metrics["unmatched_members"] <= 2
     following = purity(emb, [0, 1, 2, 3, 4], k=4, magnitude=magnitude, permutations=5000)
-    assert following.metrics["p_matched"] > 0.05
+    assert following.inconclusive is not None and "no exchangeable knockdowns" in following.inconclusive
+    assert following.metrics["unmatched_members"] == 3 and math.isnan(following.metrics["p_matched"])
+    assert math.isfinite(following.metrics["p"])  # the uniform test is still reported
+    following = purity(emb, [0, 1, 2, 3, 4], k=4, magnitude=magnitude, permutations=5000, max_unmatched=1)
+    assert following.inconclusive is None and following.metrics["p_matched"] > 0.05
     assert following.metrics["matched_null_mean_purity"] > res.metrics["matched_null_mean_purity"]
 
 

@@ -21,6 +21,7 @@ from hypocheck.errors import HypocheckError, NotApplicableError, UnknownNameErro
 from hypocheck.fixtures.config import SuiteConfig
 from hypocheck.fixtures.context import SuiteContext
 from hypocheck.models import ModelRef
+from hypocheck.probes.clustering import CLUSTERING_METRICS
 from hypocheck.records import ReferenceOutcome
 from hypocheck.references import reference_case, run_references
 from hypocheck.registry import ProbeResult
@@ -105,11 +106,7 @@ def test_references_run_each_arm_and_say_which_cannot(ctx: SuiteContext, tmp_pat
 
 # --------------------------------------------------------------- expectations that name an arm
 def _result(delta: float) -> ProbeResult:
-    metrics = dict.fromkeys(("within_mean_cosine", "null_mean_cosine", "z", "p", "delta_cosine_uniform",
-                             "matched_null_mean_cosine", "z_matched", "p_matched", "delta_cosine",
-                             "within_cosine_specific", "matched_null_mean_cosine_specific", "z_specific",
-                             "p_specific", "delta_cosine_specific", "set_magnitude", "matched_set_magnitude",
-                             "noeffect_floor", "magnitude_ratio", "match_neighbours", "n_members"), 1.0)
+    metrics = dict.fromkeys(CLUSTERING_METRICS, 1.0)
     metrics.update(delta_cosine=delta, p_matched=0.001)
     return ProbeResult(metrics=metrics, cis={"delta_cosine": (delta - 0.01, delta + 0.01)})
 

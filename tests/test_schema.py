@@ -180,7 +180,8 @@ def test_json_schema_types_probe_params_and_inputs() -> None:
     assert "null_sets" in params["properties"] and "nul_sets" not in params["properties"]
     assert params["properties"]["null_sets"]["minimum"] == 100
     inputs = _probe_rule(schema, "pert_embedding_clustering", "inputs")
-    assert inputs["additionalProperties"] is False and not inputs.get("properties")
+    assert inputs["additionalProperties"] is False and set(inputs["properties"]) == {"null_excludes"}
+    assert inputs["properties"]["null_excludes"]["anyOf"][0]["enum"] == ["other_sets", "related", "none"]
     routing = _probe_rule(schema, "routing_coherence", "inputs")
     assert routing["properties"]["sampling"]["enum"] == ["random", "stratified", "top_magnitude"]
     many = schema["anyOf"][1]["properties"]["hypotheses"]["items"]

@@ -42,7 +42,8 @@ class Context:
         if model == "tiny":
             emb[SETS["beta"]] += 3 * rng.normal(size=16)
             emb[SETS["alpha"]] += (0.0 if self.sample % 2 else 3.0) * rng.normal(size=16)
-        return {"embeddings": emb, "magnitude": np.linspace(1, 2, 40),
+        # magnitudes spread over the ranking, so that each set has knockdowns of its own ‖ΔY‖ outside it
+        return {"embeddings": emb, "magnitude": 1 + (np.arange(40) * 7 % 40) / 40,
                 "members": np.array(SETS[case.axes["gene_set"]])}
 
     def resampled(self, sample):

@@ -41,6 +41,22 @@ The original pair-level test (Mann–Whitney U of all within-set pairwise
 cosines against random-pair cosines) lives here only, to show that it is not
 calibrated: pairs sharing a member are not independent.
 
+Related sets ("two sets of one program"): two configured sets of ``related_size``
+knockdowns belong to one program, whose knockdowns share a direction and a
+distinctive effect magnitude: they are drawn from the top of the ‖ΔY‖ ranking,
+where they outnumber the other knockdowns ``related_dominance`` to one. A
+member's rank window is then filled with the other set's knockdowns, which
+share the program; the previous matched null, which drew from every knockdown
+("*_all_knockdowns"), absorbs the program and loses its power. The null of
+record leaves out the members of every other configured set (null_excludes:
+other_sets, the default) and must find the program (power ≥ 0.9, an
+inconclusive run counting as not found). The same world holds a no-effect set
+(drawn from the weakest 15 %, "no-effect trap") and a low-magnitude set (from
+the weakest 25 %, "off bin edges"), each tested with the other three sets left
+out — the weak band thinned by the other weak set — and the program's two sets
+are tested again in a world without the program's direction ("two sets of one
+‖ΔY‖ band, no program"): these must hold alpha.
+
 Cross-model agreement: "random sets" pair A with an unrelated B (null) or with
 A + noise (planted, ``cross_model_signal``); "clustered set, unaligned spaces"
 tests the planted program's set when B is an independent space in which the
@@ -80,6 +96,7 @@ from hypocheck.probes.clustering import OutputClusteringParams, output_set_clust
 from hypocheck.probes.geometry import CrossModelParams, NeighbourPurityParams, cross_model_cosine, pert_neighbour_purity
 from hypocheck.probes.knockout import KnockoutTransferParams, knockout_transfer
 from hypocheck.stats import derive_seed
+from tools.calibration.related import RelatedWorld, related_world
 
 ALPHA = 0.05
 
@@ -98,6 +115,8 @@ class CalibrationConfig:
     program_weight: float = 1.0  # planted: member direction = unit(weight · program + own direction)
     cross_model_signal: float = 0.35  # planted: model B = model A + noise, this much of A kept (per unit norm)
     knockout_signal: float = 0.25  # planted: shared-regulator profile in line B = signal · line A + noise
+    related_size: int = 10  # related-set worlds (one per seed): two program sets, a no-effect and a low set
+    related_dominance: float = 8.0  # the program's knockdowns outnumber the others in its ‖ΔY‖ band this much
     demo_seeds: int = 5
     null_sets: int = 500
     permutations: int = 1000
@@ -117,10 +136,12 @@ class Tally:
     undefined: int = 0  # runs without a p (inconclusive): left out of the rate
     by_size: dict[int, list[int]] = field(default_factory=dict)
 
-    def add(self, p: float, alpha: float, size: int) -> None:
+    def add(self, p: float, alpha: float, size: int, planted: bool = False) -> None:
+        """A null run without a p is left out of the rate; a planted one counts as not found."""
         if not np.isfinite(p):
             self.undefined += 1
-            return
+            if not planted:
+                return
         hit = int(p < alpha)
         self.runs += 1
         self.rejections += hit
@@ -196,7 +217,7 @@ class _Runner:
         self.tallies: dict[tuple[str, str, str], Tally] = defaultdict(Tally)
 
     def add(self, family: str, condition: str, data: str, p: float, size: int) -> None:
-        self.tallies[(family, condition, data)].add(p, self.cfg.alpha, size)
+        self.tallies[(family, condition, data)].add(p, self.cfg.alpha, size, planted=condition == "planted")
 
     def set_tests(self, features: np.ndarray, magnitude: np.ndarray, members: np.ndarray,
                   rng: np.random.Generator, condition: str, data: str) -> None:
@@ -236,6 +257,34 @@ class _Runner:
             self.set_tests(features, magnitude, members, rng, "planted", "synthetic: planted program")
             self._cross_model(rng, features, size, members)
             self._knockout(rng, size)
+        self.related(seed)
+
+    def related(self, seed: int) -> None:
+        """One related-set world with its program (planted) and one without (null): every configured set tested
+        with the null of record (other sets' members left out) and with the previous null (all knockdowns)."""
+        cfg = self.cfg
+        rng = np.random.default_rng(derive_seed(cfg.base_seed, f"related:{seed}"))
+        for weight, condition in ((cfg.program_weight, "planted"), (0.0, "null")):
+            world = related_world(rng, cfg.n_kds, cfg.dim, cfg.related_size, cfg.related_dominance, weight)
+            for name in ("program_a", "program_b"):
+                self._related_tests(world, name, rng, condition, RELATED[condition])
+            if condition == "planted":  # the null sets beside the program, with the program's sets left out
+                self._related_tests(world, "no_effect", rng, "null", NO_EFFECT_TRAP)
+                self._related_tests(world, "low_magnitude", rng, "null", LOW_OFF_EDGES)
+
+    def _related_tests(self, world: RelatedWorld, name: str, rng: np.random.Generator, condition: str,
+                       data: str) -> None:
+        members, size = world.sets[name], world.sets[name].size
+        for excluded, suffix in ((world.others(name), ""), (None, ALL_KNOCKDOWNS)):
+            res = output_set_clustering(features=world.features, members=members, magnitude=world.magnitude,
+                                        null_excluded=excluded, params=self.clustering, rng=rng)
+            pur = pert_neighbour_purity(embeddings=world.features, members=members, magnitude=world.magnitude,
+                                        null_excluded=excluded, params=self.purity, rng=rng)
+            self.add("clustering_matched" + suffix, condition, data, res.metrics["p_matched"], size)
+            self.add("neighbour_purity_matched" + suffix, condition, data, pur.metrics["p_matched"], size)
+            if not suffix:
+                self.add("clustering_uniform", condition, data, res.metrics["p"], size)
+                self.add("clustering_specific", condition, data, res.metrics["p_specific"], size)
 
     def _cross_model(self, rng: np.random.Generator, a: np.ndarray, size: int, program: np.ndarray) -> None:
         """Random sets: B unrelated (null) or A + noise (planted). The planted program's set in an unaligned B
@@ -327,28 +376,43 @@ def pseudobulk_delta(adata: Any, truth: dict[str, Any], line: str, kds: list[str
 
 # ---------------------------------------------------------------- the run and its report
 
+RELATED = {"planted": "synthetic: two sets of one program", "null": "synthetic: two sets of one ‖ΔY‖ band, no program"}
+NO_EFFECT_TRAP = "synthetic: no-effect trap, other sets left out"
+LOW_OFF_EDGES = "synthetic: low-magnitude sets, off bin edges, other sets left out"
+RELATED_NULLS = (RELATED["null"], NO_EFFECT_TRAP, LOW_OFF_EDGES)
+ALL_KNOCKDOWNS = "_all_knockdowns"
+"""Family suffix of the previous matched null, which drew from every knockdown (null_excludes: none)."""
+MIN_POWER = {("clustering_matched", RELATED["planted"]): 0.9, ("neighbour_purity_matched", RELATED["planted"]): 0.9}
+"""Planted rows that must reach this power (inconclusive runs count as not found)."""
+
 CALIBRATED = {"clustering_uniform": ("synthetic: random sets", "demo world (null): program sets"),
               "clustering_matched": ("synthetic: random sets", "synthetic: low-magnitude sets",
                                      "synthetic: low-magnitude sets, off bin edges",
                                      "synthetic: low-magnitude sets, crowded",
-                                     "demo world (null): program sets", "demo world (planted): no-effect sets"),
+                                     "demo world (null): program sets", "demo world (planted): no-effect sets",
+                                     *RELATED_NULLS),
               "clustering_specific": ("synthetic: random sets", "synthetic: low-magnitude sets",
                                       "synthetic: low-magnitude sets, off bin edges",
                                       "synthetic: low-magnitude sets, crowded",
-                                      "demo world (null): program sets", "demo world (planted): no-effect sets"),
+                                      "demo world (null): program sets", "demo world (planted): no-effect sets",
+                                      *RELATED_NULLS),
               "neighbour_purity_uniform": ("synthetic: random sets", "demo world (null): program sets"),
               "neighbour_purity_matched": ("synthetic: random sets", "synthetic: low-magnitude sets",
                                            "synthetic: low-magnitude sets, off bin edges",
                                            "synthetic: low-magnitude sets, crowded",
-                                           "demo world (null): program sets", "demo world (planted): no-effect sets"),
+                                           "demo world (null): program sets", "demo world (planted): no-effect sets",
+                                           *RELATED_NULLS),
               "cross_model": ("synthetic: null", "synthetic: clustered set, unaligned spaces",
                               "demo world (null): cross-line ΔY"),
               "knockout_shared_vs_specific": ("synthetic: null",)}
 """Where a family must hold alpha; other null rows are reported (the confound, the original test)."""
 COMPARED = {"original_rank_sum": CALIBRATED["clustering_uniform"],
-            "cross_model_mismatched_only": CALIBRATED["cross_model"]}
+            "cross_model_mismatched_only": CALIBRATED["cross_model"],
+            "clustering_matched" + ALL_KNOCKDOWNS: RELATED_NULLS,
+            "neighbour_purity_matched" + ALL_KNOCKDOWNS: RELATED_NULLS}
 """The original test, on the same null data as the uniform clustering test it is compared with; the cross-model
-test with its mismatched-knockdown null alone, on the cross-model null data."""
+test with its mismatched-knockdown null alone, on the cross-model null data; the previous matched null (every
+knockdown a candidate) on the related-set worlds."""
 
 
 def _run_chunk(cfg: CalibrationConfig, tasks: list[tuple[str, int]]) -> dict[tuple[str, str, str], Tally]:
@@ -389,10 +453,13 @@ def calibrate(cfg: CalibrationConfig | None = None, workers: int | None = None) 
             row["bound"] = mc_bound(cfg.alpha, tally.runs)
             row["within_bound"] = tally.rate <= row["bound"]
             row["must_hold"] = data in CALIBRATED.get(family, ())
+        elif (family, data) in MIN_POWER:
+            row["min_power"] = MIN_POWER[(family, data)]
+            row["within_bound"] = tally.rate >= row["min_power"]
         rows.append(row)
     families = [_family_summary(f, datas, rows, cfg.alpha) for f, datas in (CALIBRATED | COMPARED).items()]
     return {"alpha": cfg.alpha, "config": asdict(cfg), "seconds": time.perf_counter() - start,
-            "families": families, "rows": rows}
+            "workers": workers, "families": families, "rows": rows}
 
 
 def _family_summary(
@@ -420,16 +487,18 @@ def family_table(result: dict[str, Any]) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """The result as a Markdown table: one line per family × data."""
-    lines = ["| family | data | runs | FPR | MC bound | calibrated | power | by set size |",
-             "|---|---|---:|---:|---:|---|---:|---|"]
+    lines = ["| family | data | runs | inconclusive | FPR | MC bound | calibrated | power | by set size |",
+             "|---|---|---:|---:|---:|---:|---|---:|---|"]
     for row in result["rows"]:
         sizes = ", ".join(f"{k}: {v:.2f}" for k, v in row["by_size"].items())
+        start = f"| {row['family']} | {row['data']} | {row['n_runs']} | {row['undefined']} |"
         if row["condition"] == "null":
             verdict = ("yes" if row["within_bound"] else "NO") + ("" if row["must_hold"] else " (reported)")
-            lines.append(f"| {row['family']} | {row['data']} | {row['n_runs']} | {row['rate']:.3f} | "
-                         f"{row['bound']:.3f} | {verdict} | | {sizes} |")
+            lines.append(f"{start} {row['rate']:.3f} | {row['bound']:.3f} | {verdict} | | {sizes} |")
         else:
-            lines.append(f"| {row['family']} | {row['data']} | {row['n_runs']} | | | | {row['rate']:.3f} | {sizes} |")
+            verdict = (f"{'yes' if row['within_bound'] else 'NO'} (power ≥ {row['min_power']:g})"
+                       if "min_power" in row else "")
+            lines.append(f"{start} | | {verdict} | {row['rate']:.3f} | {sizes} |")
     return "\n".join(lines)
 
 
@@ -439,14 +508,22 @@ def write_reports(result: dict[str, Any], out_dir: str | Path) -> Path:
     atomic_write_text(out / "calibration.json", json.dumps(result, indent=1) + "\n")
     cfg = result["config"]
     text = (f"# Calibration of the probes' tests\n\nalpha = {result['alpha']}; {cfg['seeds']} synthetic seeds × "
-            f"set sizes {cfg['sizes']}; {cfg['demo_seeds']} demo null worlds; {result['seconds']:.0f} s.\n"
-            f"FPR: share of null runs with p < alpha; MC bound: alpha + 2·sqrt(alpha(1 − alpha)/n). "
-            f"Power: share of planted runs with p < alpha.\n\n## Per family\n\nFPR pooled over the null data "
+            f"set sizes {cfg['sizes']}, and per seed two related-set worlds (sets of {cfg['related_size']}); "
+            f"{cfg['demo_seeds']} demo null worlds; {result['seconds']:.0f} s on {result.get('workers', '?')} "
+            f"process(es). Regenerate with `{COMMAND}`.\n"
+            f"FPR: share of null runs with p < alpha (runs the probe found inconclusive are left out and counted "
+            f"apart); MC bound: alpha + 2·sqrt(alpha(1 − alpha)/n). Power: share of planted runs with p < alpha "
+            f"(an inconclusive run counts as not found); rows with a power bound must reach it.\n\n"
+            f"## Per family\n\nFPR pooled over the null data "
             f"where the family must hold alpha (the original rank-sum test: the uniform test's null data).\n\n"
             f"{family_table(result)}\n\n## Per family and data set\n\n{table(result)}\n\n"
             + __doc__.split("Usage::")[0].split("\n\n", 1)[1].strip() + "\n")
     atomic_write_text(out / "calibration.md", text)
     return out
+
+
+COMMAND = "OMP_NUM_THREADS=1 python -m tools.calibration.clustering --workers 1"
+"""The command that wrote reports/calibration/calibration.md (the defaults: 400 seeds, 5 demo worlds)."""
 
 
 def main(argv: Iterable[str] | None = None) -> None:
