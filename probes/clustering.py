@@ -115,6 +115,10 @@ def _metrics(
     sim = cosine_matrix(features)
     if members.size < params.min_members:
         return metrics, f"{members.size} set members found; at least {params.min_members} are needed", sim, None
+    directed = int((np.linalg.norm(features[members], axis=1) > 0).sum())
+    if directed < params.min_members:
+        return metrics, (f"{members.size - directed} of the {members.size} set members have all-zero features (no "
+                         "predicted change): their directions, and so their clustering, are undefined"), sim, None
     draw = draw_matched_null(rng, magnitude, members, params.null_sets, params, excluded)
     metrics.update(null_candidates=float(draw.candidates), unmatched_members=float(draw.unmatched))
     if draw.sets is None:

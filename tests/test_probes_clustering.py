@@ -374,3 +374,13 @@ def test_pert_embedding_clustering_matched_null_attainable_and_minimum_effect() 
                                              rng=np.random.default_rng(0))
     assert no_magnitude.inconclusive is not None and math.isnan(no_magnitude.attainable["p_matched"])
     assert get_probe("pert_embedding_clustering").min_effect == 0.05
+
+
+def test_members_without_a_direction_are_inconclusive_not_unclustered() -> None:
+    """A model that predicts no change for any knockdown (arc-state's context_mean: one mean per line) has no
+    directions to cluster: neither presence nor absence can be read from it."""
+    features = np.zeros((60, 8))
+    magnitude = np.zeros(60)
+    result = output_set_absence(features=features, members=np.arange(6), magnitude=magnitude,
+                                params=OutputAbsenceParams(**FAST, reference_effect=0.1), rng=np.random.default_rng(0))
+    assert result.inconclusive is not None and "all-zero features" in result.inconclusive
