@@ -182,3 +182,19 @@ def test_missing_files_bounds_that_keep_nothing_and_clashing_names_are_refused(t
     with pytest.raises(ConfigError, match=r"'KEGG_A' is defined twice: in a.gmt:2 and under gene_sets:") as info:
         SuiteConfig.load(_suite(tmp_path, {"from": "a.gmt", "KEGG_A": {"members": ["KD01"]}}))
     assert "(at gene_sets.KEGG_A)" in str(info.value)
+
+
+def test_related_may_annotate_a_set_read_from_a_file(tmp_path: Path) -> None:
+    from hypocheck.errors import ConfigError
+    from hypocheck.fixtures.config import SuiteConfig
+    from hypocheck.fixtures.genesets import related_sets
+
+    (tmp_path / "a.gmt").write_text(GMT)
+    sets = SuiteConfig.load(_suite(tmp_path, {"from": "a.gmt", "KEGG_A": {"related": ["KEGG_B"]}})
+                            ).gene_set_definitions()
+    assert sets["KEGG_A"].members and sets["KEGG_A"].source == "a.gmt:2"  # the file's members and source kept
+    assert related_sets(sets, "KEGG_B") == ["KEGG_A"]
+    with pytest.raises(ConfigError, match="'KEGG_A' is declared related to 'KEGG_Z', which is no gene set"):
+        SuiteConfig.load(_suite(tmp_path, {"from": "a.gmt", "KEGG_A": {"related": ["KEGG_Z"]}}))
+    with pytest.raises(ConfigError, match="'NEW' has only 'related'"):
+        SuiteConfig.load(_suite(tmp_path, {"from": "a.gmt", "NEW": {"related": ["KEGG_A"]}}))
