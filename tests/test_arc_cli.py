@@ -136,3 +136,53 @@ def test_a_dense_perturbation_map_makes_one_hot_cases_not_applicable_and_the_res
     assert shuffled["verdict"] == "inconclusive" and "dense perturbation vectors" in shuffled["reason"], shuffled
     assert routing["verdict"] == "inconclusive", routing
     assert routing["reason"].startswith("not applicable: the one-hot Jacobian"), routing["reason"]
+
+
+def _copy_run(run: Path, folder: Path) -> Path:
+    import shutil
+
+    target = folder / run.name
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("version_*"))
+    return target
+
+
+def test_a_checkpoint_from_a_run_trained_with_other_options_is_one_usage_error(runs: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    import shutil
+
+    # the fewshot run (arc-state's defaults) with the zeroshot run's checkpoint (batch encoder, causal attention)
+    target = _copy_run(runs["fewshot"], tmp_path)
+    shutil.copy(runs["zeroshot"] / "checkpoints" / "final.ckpt", target / "checkpoints" / "final.ckpt")
+    with pytest.raises(ModelLoadError) as err:
+        STAdapter.from_run_dir(target)
+    text = str(err.value)
+    assert str(target / "checkpoints" / "final.ckpt") in text and str(target / "config.yaml") in text
+    assert "model.kwargs.batch_encoder: False in config.yaml, True in the checkpoint" in text
+    assert "model.kwargs.transformer_backbone_kwargs.bidirectional_attention: True in config.yaml, False" in text
+    assert "put the checkpoint back in the run dir it was trained in" in text
+    # the suite's start-up check shows it at the model's checkpoint key
+    from hypocheck.errors import ConfigError
+    from hypocheck.fixtures.backend import validate_suite
+    from hypocheck.fixtures.config import SuiteConfig
+
+    (tmp_path / "suite.yaml").write_text(
+        f"data: {{path: {runs['fewshot'].parent / 'tiny.h5ad'}}}\ncell_lines: [hepg2]\n"
+        f"models:\n  copied: {{run_dir: {target}}}\n")
+    with pytest.raises(ConfigError, match="batch_encoder") as cfg_err:
+        validate_suite(SuiteConfig.load(tmp_path / "suite.yaml"))
+    assert cfg_err.value.location is not None and cfg_err.value.location.line == 4
+
+
+def test_training_options_that_do_not_change_the_predictions_are_a_note(runs: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    import yaml
+
+    target = _copy_run(runs["fewshot"], tmp_path)
+    config = yaml.safe_load((target / "config.yaml").read_text())
+    config["training"]["max_steps"] = 4000
+    config["model"]["kwargs"]["blur"] = 0.5
+    (target / "config.yaml").write_text(yaml.safe_dump(config))
+    adapter = STAdapter.from_run_dir(target)
+    (note,) = [n for n in adapter.notes if "training option" in n]
+    assert "2 training option(s)" in note and "training.max_steps: 4000 in config.yaml, 40 in the checkpoint" in note
+    assert "model.kwargs.blur: 0.5 in config.yaml, 0.05 in the checkpoint" in note
