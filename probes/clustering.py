@@ -115,6 +115,10 @@ def _metrics(
     sim = cosine_matrix(features)
     if members.size < params.min_members:
         return metrics, f"{members.size} set members found; at least {params.min_members} are needed", sim, None
+    spread = float(np.abs(features - features[:1]).max()) if features.size else 0.0
+    if spread <= 1e-9 * max(float(np.abs(features).max()), 1e-30):
+        return metrics, (f"all {features.shape[0]} knockdowns have the same features (the model predicts one change "
+                         "for every knockdown): no set can cluster apart from the rest"), sim, None
     directed = int((np.linalg.norm(features[members], axis=1) > 0).sum())
     if directed < params.min_members:
         return metrics, (f"{members.size - directed} of the {members.size} set members have all-zero features (no "

@@ -377,10 +377,22 @@ def test_pert_embedding_clustering_matched_null_attainable_and_minimum_effect() 
 
 
 def test_members_without_a_direction_are_inconclusive_not_unclustered() -> None:
-    """A model that predicts no change for any knockdown (arc-state's context_mean: one mean per line) has no
-    directions to cluster: neither presence nor absence can be read from it."""
-    features = np.zeros((60, 8))
-    magnitude = np.zeros(60)
+    """Members for which the model predicts no change have no directions to cluster: neither presence nor
+    absence can be read from them."""
+    features = np.random.default_rng(1).normal(size=(60, 8))
+    features[:6] = 0.0  # the set's members: no predicted change
+    magnitude = np.linalg.norm(features, axis=1)
     result = output_set_absence(features=features, members=np.arange(6), magnitude=magnitude,
                                 params=OutputAbsenceParams(**FAST, reference_effect=0.1), rng=np.random.default_rng(0))
     assert result.inconclusive is not None and "all-zero features" in result.inconclusive
+
+
+def test_one_change_for_every_knockdown_is_inconclusive() -> None:
+    """arc-state's context_mean predicts the same ΔY for every knockdown of a line: presence and absence alike
+    cannot be read from it (all cosines are 1; magnitudes tie, so a matched null is arbitrary)."""
+    features = np.tile(np.linspace(-1, 1, 8), (60, 1))
+    for probe, params in ((output_set_absence, OutputAbsenceParams(**FAST, reference_effect=0.1)),
+                          (output_set_clustering, OutputClusteringParams(**FAST))):
+        result = probe(features=features, members=np.arange(6), magnitude=np.linalg.norm(features, axis=1),
+                       params=params, rng=np.random.default_rng(0))
+        assert result.inconclusive is not None and "the same features" in result.inconclusive
