@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from . import progress
 from .cases import Case
 from .errors import HypocheckError, NotApplicableError, UnknownNameError
 from .inputs import InputRecord
@@ -81,10 +82,12 @@ def run_probe(context: ProbeContext, case: Case) -> tuple[ProbeResult, InputReco
     (it lacks what the probe assumes: ``NotApplicableError``), the probe's inconclusive result with the reason and
     no inputs: not an error of the run."""
     try:
-        inputs = context.prepare(case)
+        with progress.stage("inputs"):
+            inputs = context.prepare(case)
     except NotApplicableError as exc:
         return case.probe.not_applicable(exc.message), None
-    return case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed)), inputs
+    with progress.stage(f"probe {case.probe.name}"):
+        return case.probe.run(inputs, params=case.params, rng=np.random.default_rng(case.seed)), inputs
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ import pydantic
 
 from .errors import HypothesisFileError, Location, UnknownNameError
 from .expect import Expectation, literal_bounds, upper_p_bounds
-from .models import DATA_ARM, ModelRef
+from .models import BASELINES_ARM, DATA_ARM, ModelRef
 from .registry import ProbeSpec, get_probe, registered_probes
 from .schema import Hypothesis, Stability, Verdict
 from .stats import derive_seed
@@ -89,7 +89,7 @@ class Case:
     def references(self) -> tuple[str, ...]:
         """The reference arms this case runs beside its model (its own model, when listed, left out)."""
         own = str(self.model.trained) if self.model is not None else None
-        return tuple(arm for arm in self.hypothesis.references or () if arm != own)
+        return tuple(arm for arm in self.hypothesis.references or () if arm not in (own, BASELINES_ARM))
 
     @property
     def stability_samples(self) -> int:
@@ -173,7 +173,9 @@ def _check_references(hyp: Hypothesis, doc: SourceDoc, base: KeyPath, vocabulary
     if "model" not in hyp.cases:
         raise HypothesisFileError("references need a 'model' axis: each case runs again on each reference arm",
                                   doc.locate((*base, "references")))
-    valid = [DATA_ARM, *(str(m) for m in vocabulary.get("model", []) if ModelRef.parse(str(m)).arm is None)]
+    # 'baselines' is left only where no suite config said which models are baselines: then it names none
+    valid = [DATA_ARM, BASELINES_ARM,
+             *(str(m) for m in vocabulary.get("model", []) if ModelRef.parse(str(m)).arm is None)]
     for i, arm in enumerate(hyp.references):
         if arm not in valid:
             raise UnknownNameError("reference arm ('data' or a model of the suite)", arm, valid,
@@ -203,10 +205,15 @@ def _check_expectation_name(name: str, hyp: Hypothesis, spec: ProbeSpec, produce
 
 def with_suite_defaults(hyp: Hypothesis, defaults: Mapping[str, Any]) -> Hypothesis:
     """``hyp`` with the suite's ``references:`` and ``stability:`` where it sets none (references only where its
-    cases have a ``model`` axis to run them beside)."""
+    cases have a ``model`` axis to run them beside), and ``baselines`` in its references replaced by the suite's
+    baseline models."""
     update: dict[str, Any] = {}
     if hyp.references is None and defaults.get("references") and "model" in hyp.cases:
         update["references"] = list(defaults["references"])
+    references = update.get("references", hyp.references)
+    if references and BASELINES_ARM in references:  # the suite's baseline models, in its order, each once
+        expanded = [a for r in references for a in ([*defaults.get("baselines", ())] if r == BASELINES_ARM else [r])]
+        update["references"] = list(dict.fromkeys(expanded))
     if hyp.stability is None and defaults.get("stability"):
         update["stability"] = Stability.model_validate(defaults["stability"])
     return hyp.model_copy(update=update) if update else hyp

@@ -21,8 +21,7 @@ def evaluate_case(case: Case, context: ProbeContext) -> tuple[CaseVerdict, Probe
     """The case's verdict, the probe's live result and the inputs it ran on (``None`` when the probe is not
     applicable to the case's model: then the result is inconclusive with the reason); each step under a progress
     stage."""
-    with progress.stage(f"inputs and probe {case.probe.name}"):
-        result, inputs = run_probe(context, case)  # inconclusive, no inputs, where the model cannot have them
+    result, inputs = run_probe(context, case)  # inconclusive, no inputs, where the model cannot have them
     with progress.stage("reference arms"):
         references = run_references(case, context)
     with progress.stage("verdict and controls"):

@@ -20,6 +20,9 @@ CONTROL_KINDS: tuple[str, ...] = ("randomized", "shuffled_perts")
 DATA_ARM = "data"
 """The arm that stands for the observed data on a model's knockdowns (a reference, not a control)."""
 ARM_KINDS: tuple[str, ...] = (*CONTROL_KINDS, DATA_ARM)
+BASELINES_ARM = "baselines"
+"""In a ``references:`` list, the suite's baseline models (its ``baselines:``; none where it names none), so one
+hypothesis file serves suites with and without baselines."""
 _SEPARATOR = "~"
 
 

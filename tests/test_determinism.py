@@ -37,7 +37,7 @@ def _results(summary: dict[str, Any]) -> dict[str, str]:
 
 def _order(stdout: str) -> list[str]:
     """Node ids in the order a ``-v`` run reported them."""
-    return re.findall(r"^(hypotheses/\S+) (?:PASSED|FAILED|SKIPPED)", stdout, flags=re.MULTILINE)
+    return re.findall(r"^(hypotheses/\S+) (?:PASSED|FAILED|SKIPPED|ERROR)", stdout, flags=re.MULTILINE)
 
 
 def test_worker_count_and_test_order_do_not_change_results(suite: pytest.Pytester) -> None:  # noqa: F811

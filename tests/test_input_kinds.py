@@ -89,7 +89,7 @@ def test_the_suite_backend_names_the_kinds_it_provides_for_a_probe_it_cannot_fee
         return ProbeResult(metrics={"m": 0.0})
 
     backend = SuiteBackend.from_file(ROOT / "suite.yaml")
-    case = SimpleNamespace(probe=registered_probes()["orphan_lengths"], location=Location("h.yaml", 3))
+    case = SimpleNamespace(probe=registered_probes()["orphan_lengths"], location=Location("h.yaml", 3), axes={})
     with pytest.raises(HypothesisFileError) as err:
         backend.check_case(case)  # type: ignore[arg-type]
     text = str(err.value)

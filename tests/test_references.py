@@ -178,7 +178,25 @@ def test_suite_defaults_apply_where_a_hypothesis_sets_none(tmp_path: Path) -> No
 def test_suite_config_refuses_an_unknown_reference(tmp_path: Path) -> None:
     suite = tiny_suite(tmp_path, cells=8, seed=3)
     suite.write_text(suite.read_text() + "references: [data, perturb_mean]\n")
-    with pytest.raises(HypocheckError, match="'perturb_mean' is neither 'data' nor a model"):
+    with pytest.raises(HypocheckError, match="'perturb_mean' is neither 'data', 'baselines' nor a model") as info:
         SuiteConfig.load(suite)
+    assert "(at references[1])" in str(info.value) and "valid:" in str(info.value)
+    suite.write_text(suite.read_text().replace("references: [data, perturb_mean]", "baselines: [tiny, mean]"))
+    with pytest.raises(HypocheckError, match="baseline 'mean' is no model of this suite") as info:
+        SuiteConfig.load(suite)
+    assert "(at baselines[1])" in str(info.value)
     with pytest.raises(UnknownNameError):
         ModelRef.parse("tiny~observed")
+
+
+def test_baselines_names_the_suites_baseline_models_and_none_where_it_names_none(tmp_path: Path) -> None:
+    text = CLUSTERING.format(references="[data, baselines]", expect="z_matched > 2")
+    (case,) = cases_of(tmp_path, text, {"baselines": ["base"]})
+    assert case.references == ("data", "base")
+    (case,) = cases_of(tmp_path, text, {"baselines": []})
+    assert case.references == ("data",)
+    (case,) = cases_of(tmp_path, text)  # a backend with no suite config: no baselines
+    assert case.references == ("data",)
+    (case,) = cases_of(tmp_path, CLUSTERING.format(references="[baselines, base]", expect="z_matched > 2"),
+                       {"baselines": ["base"]})
+    assert case.references == ("base",)  # each arm once
