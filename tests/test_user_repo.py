@@ -39,6 +39,8 @@ def suite(directory: Path, **changes: object) -> Path:
     config["data"]["path"] = str(REPO / config["data"]["path"])
     config["sae"]["path"] = str(REPO / config["sae"]["path"])
     config["truth"] = str(REPO / config["truth"])
+    if "models" in changes:  # the demo's baselines go with its models
+        config.pop("baselines", None)
     for key, value in changes.items():
         section, _, inner = key.partition(".")
         if inner:
