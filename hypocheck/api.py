@@ -76,9 +76,9 @@ class Result:
         try:
             from IPython.display import Image, display
         except ImportError:  # not in a notebook
-            print("\n".join(title for title, _ in self.plots.get(case_id, ())))
+            print("\n".join(title for title, _ in self.plots[case_id]))
             return
-        for _, png in self.plots.get(case_id, ()):
+        for _, png in self.plots[case_id]:
             display(Image(png) if isinstance(png, bytes) else png)
 
     @property
