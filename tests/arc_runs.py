@@ -87,6 +87,11 @@ def _build(name: str) -> Path:
         return run.run_dir
 
 
+def world_of(run_dir: Path) -> Path:
+    """The h5ad a cached run was trained on (written beside its run dir)."""
+    return run_dir.parent / "tiny.h5ad"
+
+
 def arc_runs(names: Iterable[str]) -> dict[str, Path]:
     """The run dirs of ``names`` (keys of :data:`RUNS`), trained where missing (two at a time)."""
     wanted = list(dict.fromkeys(names))

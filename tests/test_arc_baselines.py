@@ -18,7 +18,7 @@ from hypocheck.fixtures.adapter import ModelAdapter, PerCellLine, reads_onehots,
 from hypocheck.fixtures.arc_baselines import BaselineAdapter, model_kind
 from hypocheck.fixtures.config import ModelConfig
 from hypocheck.fixtures.st_adapter import STAdapter
-from tests.arc_runs import HELD_OUT, arc_runs
+from tests.arc_runs import HELD_OUT, arc_runs, world_of
 from tools.arcstate.world import CONTROL, LINES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,7 +34,7 @@ def runs() -> dict[str, Path]:
 def world(runs: dict[str, Path]) -> Any:
     import anndata as ad
 
-    return ad.read_h5ad(runs["perturb_mean"].parent / "tiny.h5ad")
+    return ad.read_h5ad(world_of(runs["perturb_mean"]))
 
 
 def _load(run: Path, name: str) -> ModelAdapter:

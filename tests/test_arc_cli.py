@@ -26,7 +26,7 @@ import torch
 from hypocheck.errors import ModelLoadError
 from hypocheck.fixtures.adapter import reads_onehots
 from hypocheck.fixtures.st_adapter import STAdapter
-from tests.arc_runs import arc_runs
+from tests.arc_runs import arc_runs, world_of
 from tools.arcstate.world import CONTROL, LINES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,7 +42,7 @@ def runs() -> dict[str, Path]:
 def world(runs: dict[str, Path]) -> Any:
     import anndata as ad
 
-    return ad.read_h5ad(runs["fewshot"].parent / "tiny.h5ad")
+    return ad.read_h5ad(world_of(runs["fewshot"]))
 
 
 def _controls(world: Any, line: str, n: int = 16) -> tuple[torch.Tensor, np.ndarray]:
@@ -99,7 +99,7 @@ def _user_run(folder: Path, runs: dict[str, Path], names: list[str], controls: s
               claims: str = CLAIMS) -> dict[str, Any]:
     """``hypocheck init`` and a claim file in ``folder`` (outside the repository), then pytest there."""
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "HYPOCHECK_SUITE"}}
-    init = [str(Path(sys.executable).parent / "hypocheck"), "init", "--data", str(runs["fewshot"].parent / "tiny.h5ad"),
+    init = [str(Path(sys.executable).parent / "hypocheck"), "init", "--data", str(world_of(runs["fewshot"])),
             *[a for n in names for a in ("--run-dir", f"{n}={runs[n]}")]]
     done = subprocess.run(init, cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -167,7 +167,7 @@ def test_a_checkpoint_from_a_run_trained_with_other_options_is_one_usage_error(r
     from hypocheck.fixtures.config import SuiteConfig
 
     (tmp_path / "suite.yaml").write_text(
-        f"data: {{path: {runs['fewshot'].parent / 'tiny.h5ad'}}}\ncell_lines: [hepg2]\n"
+        f"data: {{path: {world_of(runs['fewshot'])}}}\ncell_lines: [hepg2]\n"
         f"models:\n  copied: {{run_dir: {target}}}\n")
     with pytest.raises(ConfigError, match="batch_encoder") as cfg_err:
         validate_suite(SuiteConfig.load(tmp_path / "suite.yaml"))

@@ -41,7 +41,7 @@ import torch
 from hypocheck.fixtures.config import SuiteConfig
 from hypocheck.fixtures.context import SuiteContext
 from hypocheck.fixtures.st_adapter import STAdapter
-from tests.arc_runs import arc_runs
+from tests.arc_runs import arc_runs, world_of
 from tools.arcstate.world import CONTROL, LINES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,7 +68,7 @@ def inferred(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
     name = request.param
     run_dir = arc_runs([name])[name]
-    h5ad = run_dir.parent / "tiny.h5ad"
+    h5ad = world_of(run_dir)
     out = tmp_path_factory.mktemp(f"infer-{name}") / "simulated.h5ad"
     command = [str(Path(sys.executable).parent / "state"), "tx", "infer", "--model-dir", str(run_dir),
                "--adata", str(h5ad), "--embed-key", "X_hvg", "--pert-col", "gene", "--seed", str(INFER_SEED),
@@ -137,7 +137,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_mean_delta_y_agrees_with_infers_within_its_noise(adapter: STAdapter, inferred: Inferred,
                                                           tmp_path: Path) -> None:
     (tmp_path / "suite.yaml").write_text(
-        f"data: {{path: {inferred.run_dir.parent / 'tiny.h5ad'}}}\ncell_lines: [{', '.join(LINES)}]\n"
+        f"data: {{path: {world_of(inferred.run_dir)}}}\ncell_lines: [{', '.join(LINES)}]\n"
         f"models:\n  {inferred.name}: {{run_dir: {inferred.run_dir}}}\n")
     ctx = SuiteContext(SuiteConfig.load(tmp_path / "suite.yaml"))
     kds = ctx.suite.knockdowns(inferred.name)
