@@ -117,6 +117,50 @@ class PanelInputs(BaseModel):
     control_kds: list[str] = Field(..., min_length=1, description="Knockdowns of unrelated pathways.")
 
 
+# ---------------------------------------------------------------- which knockdowns a routing analysis reads
+
+
+def ward_labels(points: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Ward clustering (scipy ``linkage(method='ward')`` + ``fcluster(maxclust=n_clusters)``), labels 1 … n."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape[0] < 2:
+        return np.ones(points.shape[0], dtype=int)
+    return np.asarray(fcluster(linkage(points, method="ward"), t=n_clusters, criterion="maxclust"), dtype=int)
+
+
+def routing_clusters(delta_y: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit ΔY rows (zero rows stay zero), their Ward clusters (cosine geometry) and ‖ΔY‖."""
+    delta_y = np.asarray(delta_y, dtype=np.float64)
+    magnitude = np.linalg.norm(delta_y, axis=1)
+    unit = np.divide(delta_y, magnitude[:, None], out=np.zeros_like(delta_y), where=magnitude[:, None] > 0)
+    return unit, ward_labels(unit, n_clusters), magnitude
+
+
+def routing_rows(
+    clusters: np.ndarray, magnitude: np.ndarray, zero_norm: np.ndarray, selection: Literal["top", "all"],
+    top_per_cluster: int,
+) -> np.ndarray:
+    """The knockdowns a routing analysis takes: those without a zero Jacobian (``zero_norm``, a mask), the
+    ``top_per_cluster`` largest ‖ΔY‖ of each ΔY cluster (selection 'top') or all ('all'), ordered by cluster
+    then by decreasing ‖ΔY‖.
+
+    Part of the contract: the rule needs no Jacobian beyond which are zero, so a backend computes the
+    Jacobians of these knockdowns alone (NB05 took the 225 it selected).
+    """
+    usable = np.flatnonzero(~np.asarray(zero_norm, dtype=bool))
+    if selection == "top":
+        chosen = [
+            members[np.argsort(-magnitude[members], kind="stable")[:top_per_cluster]]
+            for members in (usable[clusters[usable] == c] for c in np.unique(clusters[usable]))
+        ]
+        index = np.concatenate(chosen) if chosen else np.array([], dtype=int)
+    else:
+        index = usable
+    return index[np.lexsort((-magnitude[index], clusters[index]))]
+
+
 # ---------------------------------------------------------------- the records
 
 
@@ -171,12 +215,14 @@ class KnockoutProfiles(InputRecord):
 
 @dataclass(frozen=True)
 class RoutingArrays(InputRecord):
-    """ΔY, the Jacobian Gram and the pert representation of every knockdown on one sentence of one line."""
+    """ΔY and the pert representation of every knockdown on one sentence of one line, and the Jacobian Gram of
+    the knockdowns in ``gram_rows`` (``None``: of every knockdown)."""
 
     delta_y: np.ndarray
     jacobian_gram: np.ndarray
     names: Sequence[str]
     pert_repr: np.ndarray
+    gram_rows: np.ndarray | None = None
     options: ClassVar[type[BaseModel]] = RoutingInputs
 
 
@@ -192,6 +238,8 @@ class RoutingPair(InputRecord):
     jacobian_gram_b: np.ndarray
     names_b: Sequence[str]
     pert_repr_b: np.ndarray
+    gram_rows_a: np.ndarray | None = None
+    gram_rows_b: np.ndarray | None = None
     options: ClassVar[type[BaseModel]] = DifferenceInputs
 
 

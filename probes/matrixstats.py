@@ -1,7 +1,7 @@
 """Statistics on similarity matrices, with the knockdown as the unit: Mantel permutation tests, the
 leave-one-knockdown-out jackknife (with its pair-level correction) and the knockdown bootstrap of
-correlations between upper triangles, Fisher-z and normal-difference CIs, Ward clustering on cosine
-geometry, ARI.
+correlations between upper triangles, Fisher-z and normal-difference CIs, ARI (Ward clustering is
+``kinds.ward_labels``: the routing selection's clustering is part of the backend contract).
 
 Used by the routing probes (NB05–NB10) and their calibration. Pure numpy/scipy, vectorised over
 permutations, bootstrap draws and leave-outs in chunks of about ``CHUNK_ELEMENTS`` numbers.
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from hypocheck.progress import stage
 
@@ -46,14 +45,6 @@ def gram_embedding(sim: np.ndarray) -> np.ndarray:
     their squared distances are ``2(1 − cos)`` and Ward on them is Ward on cosine distance."""
     values, vectors = np.linalg.eigh((sim + sim.T) / 2)
     return vectors * np.sqrt(np.clip(values, 0.0, None))[None, :]
-
-
-def ward_labels(points: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Ward clustering (scipy ``linkage(method='ward')`` + ``fcluster(maxclust=n_clusters)``), labels 1 … n."""
-    points = np.asarray(points, dtype=np.float64)
-    if points.shape[0] < 2:
-        return np.ones(points.shape[0], dtype=int)
-    return np.asarray(fcluster(linkage(points, method="ward"), t=n_clusters, criterion="maxclust"), dtype=int)
 
 
 def upper(matrix: np.ndarray) -> np.ndarray:

@@ -176,7 +176,7 @@ def _too_few(n: int, params: RoutingParams | StabilityParams) -> str | None:
 )
 def routing_coherence(
     *, delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], pert_repr: np.ndarray,
-    params: RoutingParams, rng: np.random.Generator,
+    params: RoutingParams, rng: np.random.Generator, gram_rows: np.ndarray | None = None,
 ) -> ProbeResult:
     """Correlation of Jacobian and ΔY cosine similarities over knockdowns beyond input proximity, beside the plain one.
 
@@ -185,7 +185,9 @@ def routing_coherence(
     ``pert_repr`` the (K, H) pert representations ``r_k``, ``names`` the K
     knockdowns. ΔY is Ward-clustered (cosine) over all K; KDs with a zero-norm
     Jacobian are dropped (``n_zero_norm``); ``selection`` 'top' keeps the
-    ``top_per_cluster`` largest-‖ΔY‖ KDs per cluster.
+    ``top_per_cluster`` largest-‖ΔY‖ KDs per cluster. ``gram_rows``: the rows
+    the Gram covers when it covers fewer than all K (it must cover the
+    selection; ``n_zero_norm`` then counts among them).
 
     Effect: ``partial_pearson``, the routing coherence that input proximity
     does not explain. Nearby inputs have nearby Jacobians, and (ΔY ≈ J̄ (r_k −
@@ -207,7 +209,7 @@ def routing_coherence(
     permutation p, attainable down to ``1/(permutations + 1)``. Default minimum
     effect of a presence claim: partial r 0.1 (``MIN_PARTIAL_R``).
     """
-    sel = select_routing(delta_y, jacobian_gram, names, params, pert_repr)
+    sel = select_routing(delta_y, jacobian_gram, names, params, pert_repr, gram_rows)
     n = int(sel.index.size)
     base = dict.fromkeys(ROUTING_METRICS, float("nan")) | {
         "n_kds": n, "n_clusters": sel.n_clusters, "n_zero_norm": sel.n_zero_norm}
@@ -260,12 +262,14 @@ def routing_coherence(
 def routing_coherence_difference(
     *, delta_y_a: np.ndarray, jacobian_gram_a: np.ndarray, names_a: Sequence[str], pert_repr_a: np.ndarray,
     delta_y_b: np.ndarray, jacobian_gram_b: np.ndarray, names_b: Sequence[str], pert_repr_b: np.ndarray,
-    params: DifferenceParams, rng: np.random.Generator,
+    params: DifferenceParams, rng: np.random.Generator, gram_rows_a: np.ndarray | None = None,
+    gram_rows_b: np.ndarray | None = None,
 ) -> ProbeResult:
     """Routing coherence of model A minus model B ("a backbone property": fewshot and zeroshot alike).
 
     Each model's knockdowns are selected as in ``routing_coherence`` with the
-    same parameters. ``difference`` = pearson_a − pearson_b (and
+    same parameters (``gram_rows_a`` / ``gram_rows_b`` as its ``gram_rows``).
+    ``difference`` = pearson_a − pearson_b (and
     ``spearman_difference``), with ``SE = sqrt(SE_a² + SE_b²)`` from each
     model's corrected leave-one-knockdown-out jackknife (its knockdowns taken
     as an independent sample): CI ``difference ± q · SE`` and two-sided
@@ -287,8 +291,8 @@ def routing_coherence_difference(
     Mantel). "Alike" is a claim of absence (``absence: true``, ``margin: m``): the engine passes it when the CI
     of ``difference`` lies within ± m, fails it beyond, and leaves it inconclusive when it reaches past ± m.
     """
-    sel_a = select_routing(delta_y_a, jacobian_gram_a, names_a, params, pert_repr_a)
-    sel_b = select_routing(delta_y_b, jacobian_gram_b, names_b, params, pert_repr_b)
+    sel_a = select_routing(delta_y_a, jacobian_gram_a, names_a, params, pert_repr_a, gram_rows_a)
+    sel_b = select_routing(delta_y_b, jacobian_gram_b, names_b, params, pert_repr_b, gram_rows_b)
     metrics = dict.fromkeys(DIFFERENCE_METRICS, float("nan")) | {
         "n_kds_a": sel_a.index.size, "n_kds_b": sel_b.index.size}
     reasons = [f"model {which}: {r}" for which, sel in (("A", sel_a), ("B", sel_b))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .kinds import routing_clusters, routing_rows, ward_labels
 from .matrixstats import (
     adjusted_rand_rows,
     bootstrap_draw_counts,
@@ -18,10 +19,8 @@ from .matrixstats import (
     percentile_ci,
     permuted_dots,
     upper_p,
-    ward_labels,
     weighted_quadratic,
 )
-from .setstats import unit_rows
 
 if TYPE_CHECKING:
     from .routing import RoutingParams
@@ -56,41 +55,47 @@ def proximity_matrix(pert_repr: np.ndarray) -> np.ndarray:
 
 def select_routing(
     delta_y: np.ndarray, jacobian_gram: np.ndarray, names: Sequence[str], params: RoutingParams,
-    pert_repr: np.ndarray,
+    pert_repr: np.ndarray, gram_rows: np.ndarray | None = None,
 ) -> RoutingSelection:
-    """Cluster ΔY (Ward, cosine) over all KDs; drop KDs with a zero-norm Jacobian; select ('top' or 'all')."""
+    """Cluster ΔY (Ward, cosine) over all KDs; drop KDs with a zero-norm Jacobian; select ('top' or 'all').
+
+    ``gram_rows``: the knockdowns (rows of ``delta_y``) the Gram covers, in its order; ``None``: all of them.
+    A Gram over fewer rows must cover every knockdown the selection takes; ``n_zero_norm`` then counts the
+    zero Jacobians among the covered rows.
+    """
     delta_y = np.asarray(delta_y, dtype=np.float64)
     gram = np.asarray(jacobian_gram, dtype=np.float64)
     reps = np.asarray(pert_repr, dtype=np.float64)
-    if delta_y.ndim != 2 or gram.shape != (delta_y.shape[0], delta_y.shape[0]):
-        raise ValueError(f"delta_y {delta_y.shape} and jacobian_gram {gram.shape} do not describe the same KDs")
-    if reps.ndim != 2 or reps.shape[0] != delta_y.shape[0]:
-        raise ValueError(f"pert_repr {reps.shape} does not hold one representation per knockdown "
-                         f"({delta_y.shape[0]})")
-    if len(names) != delta_y.shape[0]:
-        raise ValueError(f"{len(names)} names for {delta_y.shape[0]} knockdowns")
+    n = delta_y.shape[0] if delta_y.ndim == 2 else -1
+    rows = np.arange(max(n, 0)) if gram_rows is None else np.asarray(gram_rows, dtype=int)
+    if n < 0 or gram.shape != (rows.size, rows.size):
+        raise ValueError(f"delta_y {delta_y.shape} and jacobian_gram {gram.shape} do not describe the same KDs"
+                         + ("" if gram_rows is None else f" (the Gram covers {rows.size} rows)"))
+    if rows.size and (rows.min() < 0 or rows.max() >= n or np.unique(rows).size != rows.size):
+        raise ValueError(f"gram_rows must be distinct rows of delta_y (0 … {n - 1})")
+    if reps.ndim != 2 or reps.shape[0] != n:
+        raise ValueError(f"pert_repr {reps.shape} does not hold one representation per knockdown ({n})")
+    if len(names) != n:
+        raise ValueError(f"{len(names)} names for {n} knockdowns")
     if not np.all(np.isfinite(delta_y)):
         raise ValueError("delta_y holds non-finite entries")
     if not np.all(np.isfinite(reps)):
         raise ValueError("pert_repr holds non-finite entries")
-    jac_sim, zero = cosine_from_gram(gram)
-    unit = unit_rows(delta_y)
-    clusters = ward_labels(unit, params.n_clusters)
-    magnitude = np.linalg.norm(delta_y, axis=1)
-    usable = np.flatnonzero(~zero)
-    if params.selection == "top":
-        chosen = [
-            members[np.argsort(-magnitude[members], kind="stable")[: params.top_per_cluster]]
-            for members in (usable[clusters[usable] == c] for c in np.unique(clusters[usable]))
-        ]
-        index = np.concatenate(chosen) if chosen else np.array([], dtype=int)
-    else:
-        index = usable
-    index = index[np.lexsort((-magnitude[index], clusters[index]))]
-    block = np.ix_(index, index)
+    jac_sim, zero_covered = cosine_from_gram(gram)
+    unit, clusters, magnitude = routing_clusters(delta_y, params.n_clusters)
+    zero = np.zeros(n, dtype=bool)
+    zero[rows[zero_covered]] = True
+    index = routing_rows(clusters, magnitude, zero, params.selection, params.top_per_cluster)
+    position = np.full(n, -1)
+    position[rows] = np.arange(rows.size)
+    missing = index[position[index] < 0]
+    if missing.size:
+        raise ValueError(f"the Jacobian Gram covers {rows.size} knockdowns, but the selection takes {missing.size} "
+                         f"it does not cover (first: {names[int(missing[0])]})")
+    block = np.ix_(position[index], position[index])
     return RoutingSelection(
         index=index, clusters=clusters[index], magnitude=magnitude[index], jacobian_similarity=jac_sim[block],
-        delta_y_similarity=(unit @ unit.T)[block], gram=gram[block], n_zero_norm=int(zero.sum()),
+        delta_y_similarity=(unit @ unit.T)[np.ix_(index, index)], gram=gram[block], n_zero_norm=int(zero_covered.sum()),
         n_clusters=int(np.unique(clusters).size), proximity=proximity_matrix(reps[index]),
     )
 

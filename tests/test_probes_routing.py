@@ -17,6 +17,7 @@ from sklearn.metrics import adjusted_rand_score
 from hypocheck.cases import expand
 from hypocheck.decisions import judge
 from hypocheck.plots import PlotInfo, render_all
+from hypocheck.probes.kinds import ward_labels
 from hypocheck.probes.matrixstats import (
     adjusted_rand_rows,
     bootstrap_correlations,
@@ -30,7 +31,6 @@ from hypocheck.probes.matrixstats import (
     pair_influence,
     partial_mantel,
     upper,
-    ward_labels,
     welch_difference,
 )
 from hypocheck.probes.routing import (
@@ -348,6 +348,32 @@ def test_top_selection_keeps_the_largest_delta_y_per_cluster_ordered_by_cluster(
         assert list(block["delta_y_norm"]) == sorted(block["delta_y_norm"], reverse=True)
     assert res.arrays["similarity"].shape == (6, 6)
     np.testing.assert_array_equal(res.arrays["groups"], table["cluster"])
+
+
+def test_a_gram_over_the_selection_alone_gives_the_full_grams_result() -> None:
+    """The selection needs no Jacobian beyond which are zero: a Gram over the selected rows (and the zero one, in
+    any order) gives every metric of the full Gram; a Gram that misses a selected knockdown is an error."""
+    delta_y, _ = clustered_world(5, n_clusters=3, per_cluster=8)
+    rng = np.random.default_rng(11)
+    jac = rng.normal(size=(24, 10))
+    jac[3] = 0.0
+    gram = jac @ jac.T
+    kw = {"selection": "top", "top_per_cluster": 3, "n_clusters": 3, "min_kds": 5}
+    res = run(delta_y, gram, **kw)
+    chosen = _order(res)
+    rows = np.random.default_rng(0).permutation(np.append(chosen, 3))
+    params = RoutingParams(**(FAST | kw))
+    part = routing_coherence(delta_y=delta_y, jacobian_gram=gram[np.ix_(rows, rows)], names=names(24),
+                             pert_repr=unrelated_repr(24), params=params, rng=np.random.default_rng(0),
+                             gram_rows=rows)
+    assert part.metrics.keys() == res.metrics.keys()
+    for key, value in res.metrics.items():
+        assert part.metrics[key] == pytest.approx(value, nan_ok=True, rel=1e-12, abs=1e-12), key
+    assert part.metrics["n_zero_norm"] == 1 and part.metrics["n_kds"] == 9
+    short = rows[rows != chosen[0]]
+    with pytest.raises(ValueError, match="the selection takes 1 it does not cover"):
+        routing_coherence(delta_y=delta_y, jacobian_gram=gram[np.ix_(short, short)], names=names(24),
+                          pert_repr=unrelated_repr(24), params=params, rng=np.random.default_rng(0), gram_rows=short)
 
 
 def test_svd_share_equals_numpy_svd_of_the_stacked_jacobians() -> None:

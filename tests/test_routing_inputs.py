@@ -23,6 +23,7 @@ from hypocheck.fixtures.routing_inputs import routing_arrays, routing_pair
 from hypocheck.fixtures.st_adapter import STAdapter
 from hypocheck.models import ModelRef
 from hypocheck.probes.kinds import DifferenceInputs, RoutingInputs
+from hypocheck.probes.routing import DifferenceParams, RoutingParams
 from tests.helpers_tiny import tiny_suite
 
 CELLS = 8
@@ -173,16 +174,58 @@ def test_routing_builders_pass_each_knockdowns_pert_representation(ctx: SuiteCon
     with torch.no_grad():
         expected = adapter.encode_perturbation(adapter.onehot(names)).double().numpy()
     case = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, model=ModelRef("tiny"), inputs=RoutingInputs(),
-                           location=None)
+                           params=RoutingParams(selection="all"), location=None)
     inputs = routing_arrays(ctx.artifacts, case)  # type: ignore[arg-type]
     assert inputs.names == names
     np.testing.assert_allclose(inputs.pert_repr, expected, rtol=1e-6, atol=1e-7)
     assert inputs.pert_repr.shape[0] == inputs.delta_y.shape[0] == inputs.jacobian_gram.shape[0]
     pair = SimpleNamespace(axes={"cell_line": "hepg2"}, inputs=DifferenceInputs(models=["tiny", "tiny"]),
-                           location=None)
+                           params=DifferenceParams(selection="all"), location=None)
     both = routing_pair(ctx.artifacts, pair)  # type: ignore[arg-type]
     np.testing.assert_allclose(both.pert_repr_a, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(both.pert_repr_b, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_top_selection_takes_the_jacobians_of_the_selected_knockdowns_alone(
+    ctx: SuiteContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With selection 'top' the Gram covers the knockdowns the probe selects and no other, and equals the full
+    Gram's block; a selected knockdown whose Jacobian turns out zero is replaced by the next of its cluster and
+    kept in the Gram, so the probe counts it."""
+    from hypocheck.probes.kinds import routing_clusters, routing_rows
+
+    params = RoutingParams(n_clusters=2, top_per_cluster=1, min_kds=3)
+    case = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, model=ModelRef("tiny"), inputs=RoutingInputs(),
+                           params=params, location=None)
+    art = ctx.artifacts
+    inputs = routing_arrays(art, case)  # type: ignore[arg-type]
+    _, clusters, magnitude = routing_clusters(inputs.delta_y, 2)
+    k = len(inputs.names)
+    expected = routing_rows(clusters, magnitude, np.zeros(k, dtype=bool), "top", 1)
+    assert inputs.gram_rows is not None and list(inputs.gram_rows) == list(expected) and len(expected) < k
+    full = art.jacobians.jacobian_gram("tiny", "hepg2")
+    np.testing.assert_allclose(inputs.jacobian_gram, full[np.ix_(expected, expected)], rtol=1e-6)
+    assert inputs.measured["jacobians of"].startswith(f"the {len(expected)} knockdowns the selection takes (of {k})")
+
+    zero_kd = int(expected[0])
+    real = art.jacobians.jacobian_gram_estimate
+
+    def with_a_zero_jacobian(*args, **kwargs):  # type: ignore[no-untyped-def]
+        est = dict(real(*args, **kwargs))
+        rows = list(args[4]) if len(args) > 4 else list(range(k))
+        if zero_kd in rows:
+            gram = est["gram"].copy()
+            gram[rows.index(zero_kd), :] = gram[:, rows.index(zero_kd)] = 0.0
+            est["gram"] = gram
+        return est
+
+    monkeypatch.setattr(art.jacobians, "jacobian_gram_estimate", with_a_zero_jacobian)
+    again = routing_arrays(art, case)  # type: ignore[arg-type]
+    zero = np.zeros(k, dtype=bool)
+    zero[zero_kd] = True
+    replaced = routing_rows(clusters, magnitude, zero, "top", 1)
+    assert again.gram_rows is not None and list(again.gram_rows) == [*replaced, zero_kd]
+    assert zero_kd not in replaced and set(replaced) - set(expected)
 
 
 def test_every_record_names_what_it_measured(ctx: SuiteContext) -> None:
@@ -207,7 +250,7 @@ def test_every_record_names_what_it_measured(ctx: SuiteContext) -> None:
     with pytest.raises(HypocheckError, match="ΔY is the model's output, it has no layer"):
         layer_features(ctx.artifacts, case(features="delta_y", layer=1))  # type: ignore[arg-type]
     routing = SimpleNamespace(axes={"model": "tiny", "cell_line": "hepg2"}, model=ModelRef("tiny"),
-                              inputs=RoutingInputs(jacobian="onehot"), location=None)
+                              inputs=RoutingInputs(jacobian="onehot"), params=RoutingParams(), location=None)
     measured = routing_arrays(ctx.artifacts, routing).measured  # type: ignore[arg-type]
     assert measured["jacobian"].startswith("one-hot") and measured["sentence"] == f"random, {CELLS} cells, seed 3"
 

@@ -238,8 +238,7 @@ def demo_routing(gram: tuple[tuple[str, Any], ...], precision: str = "fp32") -> 
     with single_thread():
         ctx = _demo_ctx(Path(tempfile.mkdtemp(prefix="hypocheck-sketch-")), dict(gram), precision)
         case = SimpleNamespace(axes={"model": "fewshot", "cell_line": "hepg2"}, model=ModelRef("fewshot"),
-                               inputs=RoutingInputs(),
-                               location=None)
+                               inputs=RoutingInputs(), params=RoutingParams(**DEMO_PARAMS), location=None)
         inputs = routing_arrays(ctx.artifacts, case)  # type: ignore[arg-type]
         result = get_probe("routing_coherence").run(inputs, params=RoutingParams(**DEMO_PARAMS),
                                                     rng=np.random.default_rng(0))
