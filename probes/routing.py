@@ -60,7 +60,8 @@ class RoutingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n_clusters: int = Field(15, ge=2, description="Ward clusters of ΔY (cosine distance); of the Jacobians for ARI.")
     selection: Literal["top", "all"] = Field(
-        "top", description="'top': the top_per_cluster KDs per ΔY cluster by ‖ΔY‖ (the original 225); 'all': every KD."
+        "top", description="'top': the top_per_cluster KDs per ΔY cluster by ‖ΔY‖ (the original 225; only their "
+                           "Jacobians are computed); 'all': every KD."
     )
     top_per_cluster: int = Field(15, ge=1, description="KDs kept per ΔY cluster with selection 'top'.")
     permutations: int = Field(1000, ge=99, description="Permutations for the Mantel and label-permutation tests.")
