@@ -165,6 +165,15 @@ def tree_rss(root: int) -> int:
     return sum(rss.get(p, 0) for p in tree)
 
 
+def commit() -> str:
+    """The checkout's commit, ``+dirty`` when tracked files differ from it (what the record measured)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain", "-uno")
+                                                                 else "")
+
+
 def loadavg() -> list[float]:
     """The 1-, 5- and 15-minute load averages."""
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
@@ -224,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    measured_commit = commit()
     load_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="suite-e2e-") as tmp:
         work = Path(tmp)
@@ -238,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     load_end = loadavg()
     for name, rec in claims.items():
         rec.update(floor.get(name, {}))
-    record = {"timestamp": started, "size": args.size, "world": str(args.world) if args.size == "real" else "small",
+    record = {"timestamp": started, "commit": measured_commit, "size": args.size,
+              "world": str(args.world) if args.size == "real" else "small",
               "device": device_name(torch.device("cpu")), "cores": os.cpu_count(), "workers": args.workers,
               "torch": torch.__version__, "knockdowns": knockdowns, "sizes": sizes.__dict__,
               "single_core_flop_per_s": rate, "load_avg_start": load_start, "load_avg_end": load_end,
