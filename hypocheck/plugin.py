@@ -106,8 +106,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hypocheck: a claim case generated from a hypothesis YAML file")
-    config.addinivalue_line("markers", "xdist_group(name): cases of one model run on one worker (-n with "
-                                       "--dist loadgroup)")
     config.stash[_seen_ids] = {}
     config.stash[NOTES_KEY] = []
     config.stash[EMPTY_DIRS_KEY] = []
@@ -337,6 +335,24 @@ def hypocheck_context(pytestconfig: pytest.Config) -> ProbeContext:
     return backend_of(pytestconfig).context(options)
 
 
+def loadgroup_suffix(config: pytest.Config, case: Case) -> str:
+    """``@<group>`` on an xdist worker under ``--dist loadgroup``: the scheduler runs the cases of one suffix on
+    one worker, so the heavy artifacts they share are computed by the worker that uses them while the other
+    workers compute other groups' (the group of :func:`pytest_collection_modifyitems`' order: the backend's
+    ``schedule`` hint, else the case's model, else its hypothesis).
+
+    xdist's ``xdist_group`` mark would put that suffix there by rewriting the node id after collection, which
+    pytest 9.2 no longer lets it do (pytest-xdist issue 1386): the cases were spread over the workers, which
+    then waited on each other's artifacts. Naming the item does the same on every version.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return ""
+    backend = backend_of(config)
+    if isinstance(backend, SchedulingBackend):
+        return f"@{backend.schedule(case)[1]}"
+    return f"@{case.axes.get('model', case.hypothesis.id)}"
+
+
 class HypothesisFileCollector(pytest.File):
     """One YAML file: its hypotheses expanded into case items, or one error item saying why it is broken."""
 
@@ -347,11 +363,9 @@ class HypothesisFileCollector(pytest.File):
             yield BrokenFileItem.from_parent(self, name="<load>", error=exc)
             return
         for case in cases:
-            item = CaseItem.from_parent(self, name=case.name, callobj=run_case)
+            item = CaseItem.from_parent(self, name=case.name + loadgroup_suffix(self.config, case), callobj=run_case)
             item.case = case
             item.add_marker(pytest.mark.hypocheck)
-            # with `-n auto --dist loadgroup`, cases of one model run on one worker: the model loads once
-            item.add_marker(pytest.mark.xdist_group(name=str(case.axes.get("model", case.hypothesis.id))))
             for mark in case_marks(case):
                 self.config.addinivalue_line("markers", f"{mark}: from hypothesis YAML")
                 item.add_marker(getattr(pytest.mark, mark))
