@@ -177,3 +177,18 @@ def test_an_error_verdict_is_pytests_error_in_every_output(
     # an errored case keeps its parameters, so that its history follows the same case as a run where it passed
     assert [(p["name"], p["value"]) for p in allure[f"{claim} [tiny · tiny]"]["parameters"]] == [
         ("model", "'tiny'"), ("gene_set", "'tiny'")]
+
+
+def test_loadgroup_keeps_a_group_on_one_worker(suite: pytest.Pytester) -> None:
+    """Under ``-n 2 --dist loadgroup`` the cases of one group (a backend without a schedule hint: one model) run
+    on one worker, whatever pytest's node ids allow xdist to rewrite; the verdicts keep their case ids."""
+    (suite.path / "hypotheses" / "broken.yaml").unlink()
+    result = suite.runpytest_subprocess("hypotheses", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup",
+                                        "-v")
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    ran = [line.split()[0] for line in result.stdout.lines
+           if line.startswith("[gw") and "claim1.yaml::pathway_clustering[" in line]
+    assert len(ran) >= 3 and len(set(ran)) == 1, result.stdout.str()
+    assert "pathway_clustering[tiny-alpha]@tiny" in result.stdout.str()
+    assert sorted(c["id"] for c in load_summary(suite)["cases"]) == [
+        f"claim1::pathway_clustering[tiny-{s}]" for s in ("alpha", "beta", "tiny")]
