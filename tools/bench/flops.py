@@ -46,6 +46,12 @@ class Sizes:
         per_cell = 2 * (self.genes * self.hidden + self.layers * self._block() + self.hidden * self.genes)
         return s * per_cell + 4 * self.layers * s * s * self.attention
 
+    def forward_to(self, layer: int) -> int:
+        """A forward pass of one sentence stopped after block ``layer`` (layer features): basal encoder and the
+        first ``layer`` blocks."""
+        s = self.cells
+        return s * 2 * (self.genes * self.hidden + layer * self._block()) + 4 * layer * s * s * self.attention
+
     def jvp_column(self) -> int:
         """One (knockdown, direction) column of ``∂Ȳ/∂r``: the tangent through backbone and output projection."""
         s = self.cells

@@ -9,9 +9,11 @@ twins included. Nothing is extrapolated and nothing is subset.
 The record (appended to ``runs`` in ``reports/bench/suite_e2e.json``) holds the wall time, each claim's time
 (the sum of its cases' wall time on whichever worker ran them: an artifact's cost lands on the first case
 that needs it), the cases' outcomes, the peak resident memory of the process tree (sampled each second) and
-of its largest process, ``/proc/loadavg`` at start and end, and each claim's floor: the floating-point
-operations of its model work (``tools.bench.flops``: forward passes of all knockdowns, JVP columns of the
-Grams) at the single-core rate measured here before the run, alone and split over the workers.
+of its largest process, ``/proc/loadavg`` at start and end, the commit, each claim's floor (the floating-point
+operations of its model work as if it ran alone, ``tools.bench.flops``: forward passes of all knockdowns,
+layer-feature passes, knockouts, JVP columns of the Grams, on every control sample and twin) and the run's floor
+(each artifact the run computed counted once, from its cache index), at the single-core rate measured here
+before the run.
 
 Usage::
 
@@ -53,21 +55,24 @@ SMALL_SPEC = WorldSpec(lines=SCALE_LINES, templates=SCALE_TEMPLATES, n_control=3
 SMALL_CFG = ScaleTrainConfig(hidden=16, layers=2, heads=2, head_dim=8, intermediate=32, cell_set_len=8)
 SMALL_CELLS = 16
 SKETCH_DIRECTIONS = 32  # what `directions: auto` settles on at real size (reports/bench/sketch.json)
-# per claim: (models, lines) whose forward passes of all knockdowns it needs, knockout forwards, Grams (models);
-# counted per claim as if alone; each control twin (randomized, shuffled) redoes claims 1 and 2 (own fingerprints)
+# Per claim, as if it ran alone: sentence forwards of all knockdowns (ΔY), layer-feature passes of all knockdowns
+# (stopped after block 4), knockout forwards, Grams (and their knockdowns). Every case of claims 1–4 runs on
+# three samples of control cells (`stability: {seeds: 3}`: "samples"); the control twins (randomized, shuffled
+# perts) of claims 1 and 2 run on the first sample with their own ΔY and features ("twins").
 CLAIM_WORK: dict[str, dict[str, Any]] = {
-    "claim1_pert_encoder_clustering": {"forwards": 1 * 4, "controls": 2},  # ‖ΔY‖ in four lines, fewshot
-    "claim2_mito_output_clustering": {"forwards": 2 * 2, "controls": 2},  # features, 2 models × 2 lines
-    "claim3_er_no_output_clustering": {"forwards": 2 * 2, "shared": True},  # claim 2's features, in a run
-    "claim4_knockout_transfer": {"knockouts": 200 * 2 * 2},  # 200 genes × 2 lines × 2 models
+    "claim1_pert_encoder_clustering": {"forwards": 1 * 4, "samples": 3, "twins": 2},  # ‖ΔY‖, fewshot, 4 lines
+    "claim2_mito_output_clustering": {"forwards": 2 * 2, "features": 2 * 2, "samples": 3, "twins": 2},
+    "claim3_er_no_output_clustering": {"forwards": 2 * 2, "features": 2 * 2, "samples": 3},  # claim 2's, in a run
+    "claim4_knockout_transfer": {"knockouts": 200 * 2 * 2, "samples": 3},  # 200 genes × 2 lines × 2 models
     # ΔY of all knockdowns and the Gram of the 225 selected (15 per ΔY cluster × 15), 2 models, HepG2
     "claim5_routing_backbone": {"forwards": 2 * 1, "grams": 2, "gram_knockdowns": 15 * 15},
 }
+FEATURE_LAYER = 4  # the paper's claims 2 and 3 cluster the residual stream after block 4
 
-FLOOR_RULE = (f"forward passes and sketched Gram columns ({SKETCH_DIRECTIONS} directions; claim 5: of its 225 "
-              "selected knockdowns) counted per claim "
-              "(tools.bench.flops) at the single-core rate; control twins triple claims 1 and 2; the run's floor "
-              "counts claim 3's features once (they are claim 2's)")
+FLOOR_RULE = (f"matrix products of the sentence forwards, layer-feature passes, knockout forwards and sketched "
+              f"Gram columns ({SKETCH_DIRECTIONS} directions; claim 5: of its 225 selected knockdowns), per claim as "
+              "if alone (control samples and twins included), at the single-core rate; the run's floor counts each "
+              "artifact the run computed once (its cache index)")
 
 
 # ------------------------------------------------------------------------------------------ the world
@@ -120,15 +125,37 @@ def claim_floor(sizes: flops.Sizes, knockdowns: int, rate: float, workers: int) 
     """Each claim's counted model work and the seconds it takes at ``rate`` (one core, and over ``workers``)."""
     out = {}
     for claim, work in CLAIM_WORK.items():
-        twins = 1 + work.get("controls", 0)
-        flop = twins * (work.get("forwards", 0) * knockdowns + work.get("knockouts", 0)) * sizes.forward()
+        runs = work.get("samples", 1) + work.get("twins", 0)
+        flop = runs * (work.get("forwards", 0) * knockdowns * sizes.forward()
+                       + work.get("features", 0) * knockdowns * sizes.forward_to(FEATURE_LAYER))
+        flop += work.get("samples", 1) * work.get("knockouts", 0) * sizes.forward()
         gram_kds = work.get("gram_knockdowns", knockdowns)
-        columns = work.get("grams", 0) * gram_kds * SKETCH_DIRECTIONS
-        flop += columns * sizes.jvp_column() + work.get("grams", 0) * sizes.gram_accumulation(
-            gram_kds, SKETCH_DIRECTIONS)
+        flop += work.get("grams", 0) * (gram_kds * SKETCH_DIRECTIONS * sizes.jvp_column()
+                                        + sizes.gram_accumulation(gram_kds, SKETCH_DIRECTIONS))
         out[claim] = {"flop": flop, "work": work, "floor_s_one_core": flop / rate,
                       f"floor_s_{workers}_cores": flop / rate / workers}
     return out
+
+
+def artifact_floor(index: Path, sizes: flops.Sizes, knockdowns: int, rate: float) -> dict[str, Any]:
+    """The run's floor from what it computed: each artifact of the cache ``index`` (one JSON line per artifact)
+    counted once, at ``rate``."""
+    counts: Counter[str] = Counter()
+    flop = 0
+    for line in index.read_text().splitlines():
+        row = json.loads(line)
+        kind = str(row["artifact"])
+        counts[kind] += 1
+        if kind == "delta_y":
+            flop += knockdowns * sizes.forward()
+        elif kind == "output_features":
+            flop += knockdowns * sizes.forward_to(int(row.get("layer", sizes.layers)))
+        elif kind == "knockout_profiles":
+            flop += (len(row.get("genes", [])) + 1) * sizes.forward()
+        elif kind == "jacobian_gram":
+            rows = len(row["rows"]) if "rows" in row else knockdowns
+            flop += rows * SKETCH_DIRECTIONS * sizes.jvp_column() + sizes.gram_accumulation(rows, SKETCH_DIRECTIONS)
+    return {"artifacts": dict(sorted(counts.items())), "flop": flop, "floor_s_one_core": flop / rate}
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -224,6 +251,24 @@ def save(record: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, json.dumps(body, indent=1, default=str) + "\n")
 
 
+def refloor(path: Path, index: Path, note: str) -> dict[str, Any]:
+    """Recompute the floors of the last run in ``path`` from its own sizes, knockdowns and rate (this module's
+    counting) and its run floor from ``index`` (a copy of that run's cache index); ``note`` says why."""
+    data = json.loads(path.read_text())
+    record = data["runs"][-1]
+    sizes, knockdowns = flops.Sizes(**record["sizes"]), int(record["knockdowns"])
+    rate = float(record["single_core_flop_per_s"])
+    floor = claim_floor(sizes, knockdowns, rate, int(record["workers"]))
+    for name, rec in record["claims"].items():
+        for key in [k for k in rec if k.startswith("floor_s_") or k in ("flop", "work")]:
+            del rec[key]
+        rec.update(floor.get(name, {}))
+    record.pop("floor_s_one_core", None)
+    record.update(run_floor=artifact_floor(index, sizes, knockdowns, rate), floor_rule=FLOOR_RULE, refloored=note)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=["real", "small"], default=os.environ.get("BENCH_SIZE") or "real",
@@ -231,7 +276,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world", type=Path, default=ROOT / "worlds" / "scale")
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (one thread each)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--refloor", type=Path, metavar="INDEX",
+                        help="recount the floors of the last run in --out (its cache index copied to INDEX); no run")
+    parser.add_argument("--note", default="", help="with --refloor: why the floors were recounted")
     args = parser.parse_args(argv)
+    if args.refloor is not None:
+        rec = refloor(args.out, args.refloor, args.note)
+        print(json.dumps({k: rec[k] for k in ("run_floor", "refloored")}, indent=1))
+        return
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     measured_commit = commit()
     load_start = loadavg()
@@ -245,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
               f"suite on {args.workers} workers ...", flush=True)
         run = run_suite(config, args.workers, work)
         claims = per_claim(run.pop("junit")) if (work / "junit.xml").is_file() else {}
+        index = work / "cache" / "index.jsonl"
+        computed = artifact_floor(index, sizes, knockdowns, rate) if index.is_file() else {}
     load_end = loadavg()
     for name, rec in claims.items():
         rec.update(floor.get(name, {}))
@@ -254,13 +308,15 @@ def main(argv: list[str] | None = None) -> None:
               "torch": torch.__version__, "knockdowns": knockdowns, "sizes": sizes.__dict__,
               "single_core_flop_per_s": rate, "load_avg_start": load_start, "load_avg_end": load_end,
               **run, "claims": claims,
-              "floor_s_one_core": sum(f["floor_s_one_core"] for f in floor.values() if not f["work"].get("shared")),
-              "floor_rule": FLOOR_RULE}
+              "run_floor": computed, "floor_rule": FLOOR_RULE}
     save(record, args.out)
     print(f"{'claim':<34} {'cases':>5} {'cases s':>9} {'floor 1 core s':>15}  outcomes")
     for name, rec in claims.items():
         print(f"{name:<34} {rec['cases']:>5} {rec['cases_s']:>9.1f} {rec.get('floor_s_one_core', 0):>15.1f}  "
               f"{rec['outcomes']}")
+    if computed:
+        print(f"run floor (each computed artifact once): {computed['floor_s_one_core']:.0f} s on one core, "
+              f"{computed['floor_s_one_core'] / args.workers:.0f} s over {args.workers}; {computed['artifacts']}")
     print(f"wall {run['wall_s']:.1f} s, peak RSS {run['peak_rss_tree_bytes'] / 2**30:.2f} GiB (tree), load "
           f"{load_start[0]:.2f} -> {load_end[0]:.2f}; pytest exit {run['returncode']}; wrote {args.out}")
     if run["returncode"] not in (0, 1):  # 1: some case failed its claim, which is a result, not an error
