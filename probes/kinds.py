@@ -130,12 +130,17 @@ def ward_labels(points: np.ndarray, n_clusters: int) -> np.ndarray:
     return np.asarray(fcluster(linkage(points, method="ward"), t=n_clusters, criterion="maxclust"), dtype=int)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
 def routing_clusters(delta_y: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit ΔY rows (zero rows stay zero), their Ward clusters (cosine geometry) and ‖ΔY‖."""
-    delta_y = np.asarray(delta_y, dtype=np.float64)
-    magnitude = np.linalg.norm(delta_y, axis=1)
-    unit = np.divide(delta_y, magnitude[:, None], out=np.zeros_like(delta_y), where=magnitude[:, None] > 0)
-    return unit, ward_labels(unit, n_clusters), magnitude
+    unit = unit_rows(delta_y)
+    return unit, ward_labels(unit, n_clusters), np.linalg.norm(np.asarray(delta_y, dtype=np.float64), axis=1)
 
 
 def routing_rows(

@@ -15,14 +15,9 @@ from scipy import stats
 
 from hypocheck.stats import NullComparison, bootstrap_ci, compare_to_null, random_sets
 
+from .kinds import unit_rows  # one row normalisation, also the routing selection's (backend contract)
+
 CHUNK_ELEMENTS = 4_000_000
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
 def cosine_matrix(vectors: np.ndarray) -> np.ndarray:

@@ -58,6 +58,10 @@ class Sizes:
         products = s * 2 * (self.layers * self._block() + self.hidden * self.genes)
         return products + 8 * self.layers * s * s * self.attention
 
+    def sketched_gram(self, knockdowns: int, directions: int) -> int:
+        """A Gram of ``knockdowns`` from ``directions`` input directions: its JVP columns and their products."""
+        return knockdowns * directions * self.jvp_column() + self.gram_accumulation(knockdowns, directions)
+
     def gram_accumulation(self, knockdowns: int, directions: int) -> int:
         """The Gram's products: one ``(K × G) · (G × K)`` per direction."""
         return 2 * knockdowns * knockdowns * self.genes * directions

@@ -130,8 +130,7 @@ def claim_floor(sizes: flops.Sizes, knockdowns: int, rate: float, workers: int) 
                        + work.get("features", 0) * knockdowns * sizes.forward_to(FEATURE_LAYER))
         flop += work.get("samples", 1) * work.get("knockouts", 0) * sizes.forward()
         gram_kds = work.get("gram_knockdowns", knockdowns)
-        flop += work.get("grams", 0) * (gram_kds * SKETCH_DIRECTIONS * sizes.jvp_column()
-                                        + sizes.gram_accumulation(gram_kds, SKETCH_DIRECTIONS))
+        flop += work.get("grams", 0) * sizes.sketched_gram(gram_kds, SKETCH_DIRECTIONS)
         out[claim] = {"flop": flop, "work": work, "floor_s_one_core": flop / rate,
                       f"floor_s_{workers}_cores": flop / rate / workers}
     return out
@@ -154,7 +153,7 @@ def artifact_floor(index: Path, sizes: flops.Sizes, knockdowns: int, rate: float
             flop += (len(row.get("genes", [])) + 1) * sizes.forward()
         elif kind == "jacobian_gram":
             rows = len(row["rows"]) if "rows" in row else knockdowns
-            flop += rows * SKETCH_DIRECTIONS * sizes.jvp_column() + sizes.gram_accumulation(rows, SKETCH_DIRECTIONS)
+            flop += sizes.sketched_gram(rows, SKETCH_DIRECTIONS)
     return {"artifacts": dict(sorted(counts.items())), "flop": flop, "floor_s_one_core": flop / rate}
 
 
